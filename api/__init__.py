@@ -1,0 +1,1 @@
+"""The API process: HTTP routes, the per-process pub/sub hub, SSE relay."""

@@ -1,0 +1,290 @@
+"""The hub: one pub/sub connection and one reader task per API process, fanning
+each chat's live events out to that process's SSE clients.
+
+Joining without a gap or a duplicate (what Centrifugo and Mercure do):
+1. register the client and SUBSCRIBE (first local client of the chat), then
+   wait until Redis confirms the subscription: from then on every new event
+   reaches the client's queue;
+2. read the log after the client's last id (in pages);
+3. send the log's events, then the queued live ones, skipping every seq at or
+   below the last one sent;
+4. a live event beyond last+1 means something was missed: read the log.
+
+A client's queue is bounded. When it overflows, the queue is dropped and the
+client catches up from the log (step 2 again): memory stays bounded, nothing is
+lost, and a slow reader never holds up the reader task. When the pub/sub
+connection drops, the hub reconnects, resubscribes, and every client catches
+up from the log once its channel is confirmed again.
+
+The pub/sub connection is a raw redis-py ``Connection`` rather than a
+``PubSub`` object, so that the hub itself knows which SUBSCRIBE each
+confirmation answers (a client may only read the log once *its* subscription
+is live) and decides what to resubscribe after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from redis.asyncio.connection import Connection
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.events import Event
+from shared.store import ChatStore
+
+log = logging.getLogger("tokenfan.hub")
+
+HOME_CHANNEL = b"tf:hub"  # keeps the connection in subscribed mode at all times
+
+
+class HubUnavailable(Exception):
+    """The pub/sub connection could not confirm a subscription in time."""
+
+
+class _Channel:
+    __slots__ = ("subscribers", "confirmed")
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscription] = set()
+        self.confirmed = asyncio.Event()
+
+
+class Subscription:
+    """One client's view of one chat: an async iterator of its events, in
+    order, without gaps or duplicates, ending after a terminal event."""
+
+    def __init__(self, hub: Hub, chat_id: str, after: int, queue_size: int) -> None:
+        self.hub = hub
+        self.chat_id = chat_id
+        self.last_seq = after
+        self._queue: deque[Event] = deque()
+        self._queue_size = queue_size
+        self._must_read_log = True  # step 2 of the join
+        self._wake = asyncio.Event()
+        self.log_reads = 0
+        self.overflows = 0
+
+    # Called by the hub's reader task; must never block.
+    def _push(self, event: Event) -> None:
+        if len(self._queue) >= self._queue_size:
+            # Slow client: drop what is queued, read it back from the log later.
+            self._queue.clear()
+            self._must_read_log = True
+            self.overflows += 1
+        else:
+            self._queue.append(event)
+        self._wake.set()
+
+    def _resync(self) -> None:
+        self._must_read_log = True
+        self._wake.set()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        store = self.hub.store
+        while True:
+            if self._must_read_log:
+                self._must_read_log = False
+                self.log_reads += 1
+                async for page in store.read_log(self.chat_id, self.last_seq):
+                    for event in page:
+                        if event.seq <= self.last_seq:
+                            continue
+                        self.last_seq = event.seq
+                        yield event
+                        if event.terminal:
+                            return
+                continue
+            if self._queue:
+                event = self._queue.popleft()
+                if event.seq <= self.last_seq:
+                    continue  # already sent from the log
+                if event.seq > self.last_seq + 1:
+                    # A gap: events between were missed (e.g. published while
+                    # the connection was down). The log has them, and this one.
+                    self._must_read_log = True
+                    continue
+                self.last_seq = event.seq
+                yield event
+                if event.terminal:
+                    return
+                continue
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class Hub:
+    def __init__(
+        self,
+        connection_factory: Callable[[], Connection],
+        store: ChatStore,
+        *,
+        queue_size: int = 256,
+        subscribe_timeout_s: float = 5.0,
+        keepalive_s: float = 5.0,
+    ) -> None:
+        self._connection_factory = connection_factory
+        self.store = store
+        self.queue_size = queue_size
+        self.subscribe_timeout_s = subscribe_timeout_s
+        self.keepalive_s = keepalive_s
+        self._channels: dict[bytes, _Channel] = {}
+        # SUBSCRIBE commands sent on the current connection and not yet
+        # confirmed, per channel. A channel is live for a new client only when
+        # every SUBSCRIBE sent for it has been confirmed (an earlier one may
+        # belong to a subscription that was dropped meanwhile).
+        self._unconfirmed: dict[bytes, int] = {}
+        self._conn: Connection | None = None
+        self._reader: asyncio.Task | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    # --- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._run(), name="tokenfan-hub-reader")
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        if self._conn:
+            await self._conn.disconnect(nowait=True)
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(c.subscribers) for c in self._channels.values())
+
+    # --- clients -----------------------------------------------------------
+    async def join(self, chat_id: str, after: int) -> Subscription:
+        """Register a client and wait until its chat's channel is live. The
+        caller must ``leave`` it (use it in a ``try/finally``)."""
+        channel = keys.live(chat_id).encode()
+        sub = Subscription(self, chat_id, after, self.queue_size)
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel()
+            state.subscribers.add(sub)
+            await self._send_subscribe(channel)
+        else:
+            state.subscribers.add(sub)
+        try:
+            await asyncio.wait_for(state.confirmed.wait(), self.subscribe_timeout_s)
+        except TimeoutError:
+            self.leave(sub)
+            raise HubUnavailable("pub/sub subscription not confirmed in time") from None
+        return sub
+
+    def leave(self, sub: Subscription) -> None:
+        channel = keys.live(sub.chat_id).encode()
+        state = self._channels.get(channel)
+        if state is None or sub not in state.subscribers:
+            return
+        state.subscribers.discard(sub)
+        if not state.subscribers:
+            del self._channels[channel]
+            self._send_nowait("UNSUBSCRIBE", channel)
+
+    # --- the connection ----------------------------------------------------
+    async def _send_subscribe(self, channel: bytes) -> None:
+        if self._conn is None:
+            return  # the reader subscribes every channel when it (re)connects
+        self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+        await self._send(self._conn, "SUBSCRIBE", channel)
+
+    def _send_nowait(self, *args: bytes | str) -> None:
+        if self._conn is not None:
+            task = asyncio.create_task(self._send(self._conn, *args))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _send(self, conn: Connection, *args: bytes | str) -> None:
+        # Only on the live connection: redis-py would silently reconnect a
+        # dropped one, and the reader resubscribes everything anyway.
+        if conn is not self._conn or not conn.is_connected:
+            return
+        try:
+            await conn.send_command(*args, check_health=False)
+        except (RedisError, OSError):
+            pass  # the reader sees the broken connection and reconnects
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._connect_and_read()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("hub pub/sub connection lost: %s; reconnecting", exc)
+            except Exception:
+                log.exception("hub reader failed; reconnecting")
+            self.connected.clear()
+            conn, self._conn = self._conn, None
+            self._unconfirmed.clear()
+            for state in self._channels.values():
+                state.confirmed.clear()
+            if conn is not None:
+                await conn.disconnect(nowait=True)
+            self.reconnects += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _connect_and_read(self) -> None:
+        conn = self._connection_factory()
+        await conn.connect()
+        # No await between publishing the connection and listing the channels:
+        # a client joining from now on sends its own SUBSCRIBE, one that joined
+        # before is in this list.
+        self._conn = conn
+        channels = [HOME_CHANNEL, *self._channels]
+        for channel in channels:
+            self._unconfirmed[channel] = 1
+        await conn.send_command("SUBSCRIBE", *channels, check_health=False)
+        self.connected.set()
+        last_heard = time.monotonic()
+        while True:
+            response = await conn.read_response(timeout=self.keepalive_s)
+            now = time.monotonic()
+            if response is None:
+                if now - last_heard > 2 * self.keepalive_s:
+                    raise ConnectionError("pub/sub connection silent; presumed dead")
+                await conn.send_command("PING", check_health=False)
+                continue
+            last_heard = now
+            self._dispatch(response)
+
+    def _dispatch(self, response: list) -> None:
+        kind = response[0]
+        if kind == b"message":
+            state = self._channels.get(response[1])
+            if state is None:
+                return  # unsubscribed meanwhile
+            event = Event.from_published(response[2])
+            for sub in state.subscribers:
+                sub._push(event)
+        elif kind == b"subscribe":
+            channel = response[1]
+            left = self._unconfirmed.get(channel, 0) - 1
+            if left > 0:
+                self._unconfirmed[channel] = left
+                return
+            self._unconfirmed.pop(channel, None)
+            state = self._channels.get(channel)
+            if state is not None and not state.confirmed.is_set():
+                state.confirmed.set()
+                # After a reconnect: whatever was published while the channel
+                # was not subscribed is in the log.
+                for sub in state.subscribers:
+                    sub._resync()
+        # "unsubscribe" and "pong" need nothing.

@@ -1,0 +1,157 @@
+"""The HTTP routes (the public contract: DESIGN.md sections 4 and 5)."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api import tokens
+from api.errors import ApiError, error_response, not_found, unavailable
+from api.relay import relay
+from api.schemas import ChatCreate, ChatCreated, ChatState, ErrorBody
+from api.services import Services
+from shared import keys
+from shared.events import EventType, assemble_text
+from shared.store import ALREADY_FINISHED, FINISHED, terminal_meta
+
+router = APIRouter()
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 422, 503)}
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+def parse_last_event_id(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be a non-negative integer")
+    return int(raw)
+
+
+async def load_meta(services: Services, chat_id: str) -> dict[str, str]:
+    if not keys.is_chat_id(chat_id):
+        raise not_found()
+    meta = await services.store.meta(chat_id)
+    if meta is None:
+        raise not_found()
+    return meta
+
+
+@router.post("/chat", status_code=202, response_model=ChatCreated, responses=_ERRORS)
+async def create_chat(body: ChatCreate, request: Request, response: Response) -> ChatCreated:
+    services = services_of(request)
+    settings = services.settings
+    messages = body.all_messages()
+    size = sum(len(m["content"]) for m in messages) + len(body.system or "")
+    if size > settings.max_prompt_chars:
+        raise ApiError(413, "prompt_too_long", f"prompt is {size} characters; the limit is {settings.max_prompt_chars}")
+    max_tokens = body.max_tokens or settings.default_max_tokens
+    if max_tokens > settings.max_tokens_limit:
+        raise ApiError(422, "invalid_request", f"max_tokens: at most {settings.max_tokens_limit}")
+    model = body.model or settings.model
+    stored = {
+        "messages": messages,
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": body.temperature,
+        "system": body.system,
+    }
+    chat_id = keys.new_chat_id()
+    await services.store.create(chat_id, stored, model=model)
+    job = await services.redis.enqueue_job("generate", chat_id, _job_id=chat_id, _queue_name=settings.queue_name)
+    if job is None:  # cannot happen with fresh random ids; never report a chat that will not run
+        raise unavailable("could not enqueue the chat")
+    await services.redis.publish(keys.WORKERS_CHANNEL, "wake")
+    token = tokens.sign(await services.stream_secret(), chat_id, settings.stream_token_ttl_s)
+    response.headers["Location"] = f"/chat/{chat_id}"
+    return ChatCreated(id=chat_id, status="queued", stream_url=f"/chat/{chat_id}/stream", stream_token=token)
+
+
+@router.get("/chat/{chat_id}/stream", responses=_ERRORS, response_class=EventSourceResponse)
+async def stream_chat(
+    chat_id: str,
+    request: Request,
+    last_event_id: str | None = Query(None, description="for clients that cannot send the Last-Event-ID header"),
+    token: str | None = Query(None, description="the stream_token from POST /chat"),
+) -> EventSourceResponse:
+    services = services_of(request)
+    settings = services.settings
+    # The header wins: a browser's automatic reconnect sends the newest id
+    # there while the URL still holds the one the page started with.
+    after = parse_last_event_id(request.headers.get("last-event-id", last_event_id))
+    meta = await load_meta(services, chat_id)
+    last_seq = int(meta["last_seq"])
+    if after > last_seq:
+        raise ApiError(400, "invalid_last_event_id", f"Last-Event-ID {after} is beyond this chat's last event ({last_seq})")
+    # Status and last_seq are set in the same atomic append as the terminal
+    # event, so a finished chat at or below `after` has nothing more to send.
+    complete = meta["status"] in FINISHED and after >= last_seq
+    return EventSourceResponse(
+        relay(services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete),
+        ping=settings.heartbeat_s,
+        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        send_timeout=settings.send_timeout_s,
+        headers={"X-Chat-Id": chat_id},
+    )
+
+
+@router.get("/chat/{chat_id}", response_model=ChatState, responses=_ERRORS)
+async def get_chat(chat_id: str, request: Request) -> ChatState:
+    services = services_of(request)
+    meta = await load_meta(services, chat_id)
+    events = await services.store.events(chat_id)
+    return ChatState(
+        id=chat_id,
+        status=meta["status"],
+        model=meta.get("model", ""),
+        text=assemble_text(events),
+        attempt=int(meta["attempt"]),
+        last_seq=int(meta["last_seq"]),
+        created_at=float(meta["created_at"]),
+        finish_reason=meta.get("finish_reason"),
+        usage=orjson.loads(meta["usage"]) if "usage" in meta else None,
+        error=orjson.loads(meta["error"]) if "error" in meta else None,
+    )
+
+
+@router.delete("/chat/{chat_id}", responses=_ERRORS)
+async def cancel_chat(chat_id: str, request: Request) -> JSONResponse:
+    """Cancel: 200 when the chat ended here (it had not started), 202 when the
+    worker running it was told to stop, 409 when it had already finished."""
+    services = services_of(request)
+    store = services.store
+    meta = await load_meta(services, chat_id)
+    if meta["status"] in FINISHED:
+        return error_response(409, "already_finished", f"chat already finished ({meta['status']})")
+    if meta["status"] == "queued":
+        # No worker has claimed it (attempt 0): end it here, atomically. If a
+        # worker claims it first, the append is fenced and the worker is told.
+        done = (EventType.DONE, {"finish_reason": "cancelled", "usage": {"prompt_tokens": 0, "completion_tokens": 0}})
+        result = await store.append(chat_id, 0, [done], terminal_meta(*done))
+        if result.accepted:
+            return JSONResponse({"id": chat_id, "status": "done", "finish_reason": "cancelled"}, status_code=200)
+        if result.seq == ALREADY_FINISHED:
+            return error_response(409, "already_finished", "chat already finished")
+    await store.request_cancel(chat_id)
+    return JSONResponse({"id": chat_id, "status": "cancelling"}, status_code=202)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorBody}})
+async def readyz(request: Request) -> JSONResponse:
+    services = services_of(request)
+    try:
+        await services.redis.ping()
+    except (RedisError, OSError):
+        return error_response(503, "unavailable", "Redis is unreachable", {"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "hub_connected": services.hub.connected.is_set()})

@@ -1,0 +1,66 @@
+"""What one API process holds: its Redis connections, the chat store, the hub
+and the queue client. Built in the app's lifespan.
+
+Connections: a bounded ``BlockingConnectionPool`` shared by every request
+(log reads, enqueue, metadata), so that a burst of clients waits for a
+connection instead of opening one each, plus the hub's single pub/sub
+connection."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool
+
+from api.hub import Hub
+from shared import keys
+from shared.settings import Settings
+from shared.store import ChatStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: ArqRedis
+    store: ChatStore
+    hub: Hub
+    _secret: bytes | None = None
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        name = f"tokenfan-api-{os.getpid()}"
+        url = settings.effective_redis_url
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.api_redis_connections,
+            timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+            client_name=name,
+        )
+        redis = ArqRedis(connection_pool=pool)
+        store = ChatStore(
+            redis, ttl_s=settings.stream_ttl_s, maxlen=settings.log_maxlen, page_size=settings.log_page_size
+        )
+        hub_pool = ConnectionPool.from_url(
+            url, socket_connect_timeout=settings.redis_timeout_s, client_name=f"{name}-hub"
+        )
+        hub = Hub(hub_pool.make_connection, store, queue_size=settings.client_queue_size)
+        return cls(settings, redis, store, hub)
+
+    async def stream_secret(self) -> bytes:
+        """The configured secret, or one shared by every API process through Redis."""
+        if self._secret is None:
+            if self.settings.secret:
+                self._secret = self.settings.secret.encode()
+            else:
+                await self.redis.set(keys.SECRET, secrets.token_hex(32), nx=True)
+                self._secret = await self.redis.get(keys.SECRET)
+        return self._secret
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.redis.aclose(close_connection_pool=True)

@@ -1,0 +1,171 @@
+"""A chat's state in Redis: its metadata, its append-only event log and the
+scripts that change them. The API and the worker both go through here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from shared import keys, scripts
+from shared.events import Event, EventType, assemble_text, encode
+
+FINISHED = frozenset({"done", "error"})
+
+# Why an append was refused (the script's negative return values).
+FENCED, MISSING, ALREADY_FINISHED = -1, -2, -3
+
+
+class LogExpired(Exception):
+    """The events a reader asked for were trimmed from the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int  # the last seq written, or a negative refusal code
+    cancelled: bool
+
+    @property
+    def accepted(self) -> bool:
+        return self.seq >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    previous_status: str  # "queued", "running", "done", "error" or "missing"
+    attempt: int  # 0: nothing to run
+    last_seq: int
+
+
+class ChatStore:
+    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int, page_size: int = 200) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.maxlen = maxlen
+        self.page_size = page_size
+        self._append = redis.register_script(scripts.APPEND)
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._renew = redis.register_script(scripts.RENEW)
+        self._reap = redis.register_script(scripts.REAP)
+
+    # --- metadata ----------------------------------------------------------
+    async def create(self, chat_id: str, request: dict[str, Any], *, model: str, owner: str = "") -> None:
+        key = keys.meta(chat_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "status": "queued",
+                    "created_at": f"{time.time():.3f}",
+                    "model": model,
+                    "owner": owner,
+                    "attempt": 0,
+                    "last_seq": 0,
+                    "request": orjson.dumps(request),
+                },
+            )
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def meta(self, chat_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(keys.meta(chat_id))
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def request(self, chat_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(keys.meta(chat_id), "request")
+        return None if raw is None else orjson.loads(raw)
+
+    # --- writing (worker, and the API's cancel of a queued chat) -------------
+    async def append(
+        self,
+        chat_id: str,
+        attempt: int,
+        events: Iterable[tuple[str, dict[str, Any]]],
+        meta: dict[str, str] | None = None,
+    ) -> AppendResult:
+        events = list(events)
+        args: list[Any] = [attempt, self.ttl_s, self.maxlen, len(events)]
+        for etype, data in events:
+            args += (etype, encode(data))
+        for field, value in (meta or {}).items():
+            args += (field, value)
+        seq, cancelled = await self._append(
+            keys=[keys.meta(chat_id), keys.log(chat_id), keys.live(chat_id), keys.cancel(chat_id)],
+            args=args,
+        )
+        return AppendResult(int(seq), bool(cancelled))
+
+    async def claim(self, chat_id: str, lease_ms: int) -> Claim:
+        status, attempt, last_seq = await self._claim(
+            keys=[keys.meta(chat_id), keys.RUNNING], args=[chat_id, lease_ms]
+        )
+        return Claim(status.decode(), int(attempt), int(last_seq))
+
+    async def renew_leases(self, chat_ids: Iterable[str], lease_ms: int) -> None:
+        chat_ids = list(chat_ids)
+        if chat_ids:
+            await self._renew(keys=[keys.RUNNING], args=[lease_ms, *chat_ids])
+
+    async def release_lease(self, chat_id: str) -> None:
+        await self.redis.zrem(keys.RUNNING, chat_id)
+
+    async def reap_lapsed(self, in_progress_prefix: str, limit: int = 100) -> list[str]:
+        ids = await self._reap(keys=[keys.RUNNING], args=[in_progress_prefix, limit])
+        return [i.decode() for i in ids]
+
+    async def request_cancel(self, chat_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.cancel(chat_id), 1, ex=self.ttl_s)
+            pipe.publish(keys.WORKERS_CHANNEL, f"cancel {chat_id}")
+            await pipe.execute()
+
+    async def cancel_requested(self, chat_id: str) -> bool:
+        return bool(await self.redis.exists(keys.cancel(chat_id)))
+
+    # --- reading -----------------------------------------------------------
+    async def read_log(self, chat_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        """The events after seq ``after``, in pages of ``page_size``.
+
+        Raises LogExpired when the log no longer holds the event right after
+        ``after`` (trimmed by MAXLEN): a silent partial replay is worse than
+        an error."""
+        key = keys.log(chat_id)
+        expected = after + 1
+        while True:
+            entries = await self.redis.xrange(key, min=f"{expected}-0", max="+", count=self.page_size)
+            if not entries:
+                return
+            page = [_event_of_entry(entry_id, fields) for entry_id, fields in entries]
+            if page[0].seq != expected:
+                raise LogExpired(f"events {expected}..{page[0].seq - 1} are no longer in the log")
+            yield page
+            if len(entries) < self.page_size:
+                return
+            expected = page[-1].seq + 1
+
+    async def events(self, chat_id: str, after: int = 0) -> list[Event]:
+        return [event async for page in self.read_log(chat_id, after) for event in page]
+
+    async def text(self, chat_id: str) -> str:
+        return assemble_text(await self.events(chat_id))
+
+
+def _event_of_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    return Event(int(entry_id.split(b"-", 1)[0]), fields[b"t"].decode(), fields[b"d"])
+
+
+def terminal_meta(etype: str, data: dict[str, Any]) -> dict[str, str]:
+    """The metadata a terminal event sets, in the same atomic append."""
+    if etype == EventType.DONE:
+        return {
+            "status": "done",
+            "finish_reason": data["finish_reason"],
+            "usage": orjson.dumps(data.get("usage") or {}).decode(),
+        }
+    return {"status": "error", "error": orjson.dumps(data).decode()}

@@ -1,0 +1,1 @@
+"""The worker process: arq jobs that call the LLM and append token batches."""

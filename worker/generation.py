@@ -1,0 +1,220 @@
+"""One attempt at one chat: claim it, stream from the provider, append token
+batches, end with ``done`` or ``error``.
+
+Batching: the first token is appended at once (it is what the user waits for);
+after it a batch is appended when it holds ``batch_max_tokens`` tokens or
+``batch_max_delay_ms`` after its first token, whichever comes first. With a
+delay of 0 it batches like a group commit: each append takes whatever arrived
+while the previous one was in flight.
+
+Cancellation reaches the provider three ways: the append script returns the
+chat's cancel flag; a ``cancel <id>`` nudge on the workers' channel; and, while
+the provider is silent, a check of the flag every ``cancel_poll_s``. Each
+closes the provider's iterator, which is what stops an upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from shared.events import EventType
+from shared.settings import Settings
+from shared.store import FENCED, ChatStore, terminal_meta
+from worker.providers import ChatRequest, Finish, Provider, ProviderError
+
+log = logging.getLogger("tokenfan.worker")
+
+
+@dataclass
+class _Running:
+    attempt: int
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _Refused(Exception):
+    """The append was refused: another attempt owns the chat, or it ended."""
+
+
+class Generator:
+    """Runs generations for one worker process and knows which are running."""
+
+    def __init__(self, store: ChatStore, provider: Provider, settings: Settings) -> None:
+        self.store = store
+        self.provider = provider
+        self.settings = settings
+        self.running: dict[str, _Running] = {}
+        self.cancel_poll_s = 1.0
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_s * 1000)
+
+    def cancel(self, chat_id: str) -> None:
+        running = self.running.get(chat_id)
+        if running is not None:
+            running.cancel.set()
+
+    async def run(self, chat_id: str) -> None:
+        claim = await self.store.claim(chat_id, self.lease_ms)
+        if claim.attempt == 0:
+            log.info("chat %s not run: %s", chat_id, claim.previous_status)
+            return
+        attempt = claim.attempt
+        running = self.running[chat_id] = _Running(attempt)
+        fenced = False
+        try:
+            if attempt > self.settings.max_attempts:
+                await self._append(
+                    chat_id, attempt, [], _error("worker_lost", f"gave up after {attempt - 1} attempts")
+                )
+                return
+            if claim.last_seq > 0:
+                # An earlier attempt streamed part of an answer: clients drop it.
+                reason = "worker_lost" if claim.previous_status == "running" else "retry"
+                await self._append(chat_id, attempt, [(EventType.RESET, {"attempt": attempt, "reason": reason})])
+            stored = await self.store.request(chat_id)
+            if stored is None:
+                return  # expired while queued
+            await self._stream(chat_id, attempt, ChatRequest.from_stored(stored), running.cancel)
+        except _Refused as refused:
+            fenced = refused.args[0] == FENCED
+            log.info("chat %s attempt %d stopped: append refused (%s)", chat_id, attempt, refused.args[0])
+        finally:
+            if self.running.get(chat_id) is running:
+                del self.running[chat_id]
+            if not fenced:  # a fenced attempt's lease belongs to the new attempt
+                await self.store.release_lease(chat_id)
+
+    async def _append(self, chat_id, attempt, events, terminal=None):
+        """Append events (and maybe a terminal one, with its metadata) or raise _Refused."""
+        events = list(events)
+        meta = None
+        if terminal is not None:
+            events.append(terminal)
+            meta = terminal_meta(*terminal)
+        result = await self.store.append(chat_id, attempt, events, meta)
+        if not result.accepted:
+            raise _Refused(result.seq)
+        return result
+
+    async def _stream(self, chat_id: str, attempt: int, request: ChatRequest, cancel: asyncio.Event) -> None:
+        settings = self.settings
+        batch: list[str] = []
+        wake = asyncio.Event()
+        finish: Finish | None = None
+        completion_tokens = 0
+
+        async def produce() -> None:
+            nonlocal finish, completion_tokens
+            try:
+                async for piece in self.provider(request):
+                    if isinstance(piece, Finish):
+                        finish = piece
+                    elif piece:
+                        batch.append(piece)
+                        completion_tokens += 1
+                        wake.set()
+            finally:
+                wake.set()
+
+        cancel_waiter = asyncio.create_task(_set_on(cancel, wake))
+        producer = asyncio.create_task(produce())
+        deadline = time.monotonic() + max(settings.job_timeout_s - 10, 1)
+        first_flush = True
+        batch_started = 0.0
+        last_cancel_check = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if cancel.is_set():
+                    producer.cancel()
+                    await _quietly(producer)
+                    terminal = (EventType.DONE, {"finish_reason": "cancelled", "usage": _usage(request, completion_tokens)})
+                    await self._append(chat_id, attempt, _tokens(batch), terminal)
+                    return
+                if producer.done():
+                    terminal = self._terminal(producer, finish, request, completion_tokens)
+                    await self._append(chat_id, attempt, _tokens(batch), terminal)
+                    return
+                if now > deadline:
+                    producer.cancel()
+                    await _quietly(producer)
+                    terminal = _error("timeout", f"generation ran longer than {settings.job_timeout_s - 10} s")
+                    await self._append(chat_id, attempt, _tokens(batch), terminal)
+                    return
+                if batch and not batch_started:
+                    batch_started = now
+                due = batch_started + settings.batch_max_delay_ms / 1000
+                if batch and (first_flush or len(batch) >= settings.batch_max_tokens or now >= due):
+                    first_flush = False
+                    pieces, batch[:] = _tokens(batch), []
+                    batch_started = 0.0
+                    result = await self._append(chat_id, attempt, pieces)
+                    last_cancel_check = time.monotonic()
+                    if result.cancelled:
+                        cancel.set()
+                    continue
+                if now - last_cancel_check >= self.cancel_poll_s:
+                    last_cancel_check = now
+                    if await self.store.cancel_requested(chat_id):
+                        cancel.set()
+                    continue
+                timeout = last_cancel_check + self.cancel_poll_s - now
+                if batch:
+                    timeout = min(timeout, due - now)
+                wake.clear()
+                try:
+                    async with asyncio.timeout(max(timeout, 0)):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            cancel_waiter.cancel()
+            if not producer.done():
+                producer.cancel()
+                await _quietly(producer)
+
+    @staticmethod
+    def _terminal(producer: asyncio.Task, finish: Finish | None, request: ChatRequest, completion_tokens: int):
+        exc = producer.exception()
+        if exc is None:
+            finish = finish or Finish()
+            usage = finish.usage or _usage(request, completion_tokens)
+            return (EventType.DONE, {"finish_reason": finish.finish_reason, "usage": usage})
+        if isinstance(exc, ProviderError):
+            return _error(exc.code, exc.message)
+        log.error("provider failed", exc_info=exc)
+        return _error("provider_error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _tokens(batch: list[str]) -> list[tuple[str, dict]]:
+    return [(EventType.TOKEN, {"text": "".join(batch)})] if batch else []
+
+
+def _error(code: str, message: str) -> tuple[str, dict]:
+    return (EventType.ERROR, {"code": code, "message": message})
+
+
+def _usage(request: ChatRequest, completion_tokens: int) -> dict[str, int]:
+    prompt_tokens = sum(len(m["content"].split()) for m in request.messages)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+
+
+async def _set_on(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _quietly(task: asyncio.Task) -> None:
+    """Wait for a task we cancelled, without swallowing our own cancellation."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise
+    except Exception:  # noqa: BLE001 - its outcome was already decided
+        pass
+
