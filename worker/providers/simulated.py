@@ -19,7 +19,7 @@ _WORDS = (
 
 
 def prompt_text(request: ChatRequest) -> str:
-    parts = [request.system or ""] + [m["content"] for m in request.messages]
+    parts = ([request.system] if request.system else []) + [m["content"] for m in request.messages]
     return "\n".join(parts)
 
 
