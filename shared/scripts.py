@@ -32,7 +32,7 @@ return {seq, redis.call('EXISTS', cancel)}
 """
 
 # Start an attempt at a chat: bump the attempt (fencing out any earlier one),
-# mark it running and take a lease on it.
+# mark it running (started_at: Redis clock, seconds) and take a lease on it.
 # KEYS: meta, running zset   ARGV: chat_id, lease_ms
 # Returns {previous status, attempt, last_seq}; attempt 0 when nothing was claimed.
 CLAIM = """
@@ -43,9 +43,9 @@ if status == 'done' or status == 'error' then
   return {status, 0, tonumber(redis.call('HGET', meta, 'last_seq'))}
 end
 local attempt = redis.call('HINCRBY', meta, 'attempt', 1)
-redis.call('HSET', meta, 'status', 'running')
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', meta, 'status', 'running', 'started_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 redis.call('ZADD', running, now_ms + tonumber(ARGV[2]), ARGV[1])
 return {status, attempt, tonumber(redis.call('HGET', meta, 'last_seq'))}
 """
