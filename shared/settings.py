@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # --- Batching (worker) --------------------------------------------------
     batch_max_tokens: int = Field(5, ge=1)
     batch_max_delay_ms: float = Field(20.0, ge=0)
+    # Benchmarks: token events carry "ts", the wall-clock time of their append.
+    stamp_events: bool = False
 
     # --- Streams (API) ------------------------------------------------------
     heartbeat_s: float = 15.0

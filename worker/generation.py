@@ -20,6 +20,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
+
 from shared.events import EventType
 from shared.settings import Settings
 from shared.store import FENCED, ChatStore, terminal_meta
@@ -47,6 +49,7 @@ class Generator:
         self.settings = settings
         self.running: dict[str, _Running] = {}
         self.cancel_poll_s = 1.0
+        self._tokens = _stamped_tokens if settings.stamp_events else _tokens
 
     @property
     def lease_ms(self) -> int:
@@ -86,7 +89,10 @@ class Generator:
             if self.running.get(chat_id) is running:
                 del self.running[chat_id]
             if not fenced:  # a fenced attempt's lease belongs to the new attempt
-                await self.store.release_lease(chat_id)
+                try:
+                    await self.store.release_lease(chat_id)
+                except RedisError as exc:  # the lease lapses by itself; the chat has ended
+                    log.warning("chat %s: lease not released: %s", chat_id, exc)
 
     async def _append(self, chat_id, attempt, events, terminal=None):
         """Append events (and maybe a terminal one, with its metadata) or raise _Refused."""
@@ -132,25 +138,26 @@ class Generator:
                 if cancel.is_set():
                     producer.cancel()
                     await _quietly(producer)
-                    terminal = (EventType.DONE, {"finish_reason": "cancelled", "usage": _usage(request, completion_tokens)})
-                    await self._append(chat_id, attempt, _tokens(batch), terminal)
+                    usage = _usage(request, completion_tokens)
+                    terminal = (EventType.DONE, {"finish_reason": "cancelled", "usage": usage})
+                    await self._append(chat_id, attempt, self._tokens(batch), terminal)
                     return
                 if producer.done():
                     terminal = self._terminal(producer, finish, request, completion_tokens)
-                    await self._append(chat_id, attempt, _tokens(batch), terminal)
+                    await self._append(chat_id, attempt, self._tokens(batch), terminal)
                     return
                 if now > deadline:
                     producer.cancel()
                     await _quietly(producer)
                     terminal = _error("timeout", f"generation ran longer than {settings.job_timeout_s - 10} s")
-                    await self._append(chat_id, attempt, _tokens(batch), terminal)
+                    await self._append(chat_id, attempt, self._tokens(batch), terminal)
                     return
                 if batch and not batch_started:
                     batch_started = now
                 due = batch_started + settings.batch_max_delay_ms / 1000
                 if batch and (first_flush or len(batch) >= settings.batch_max_tokens or now >= due):
                     first_flush = False
-                    pieces, batch[:] = _tokens(batch), []
+                    pieces, batch[:] = self._tokens(batch), []
                     batch_started = 0.0
                     result = await self._append(chat_id, attempt, pieces)
                     last_cancel_check = time.monotonic()
@@ -192,6 +199,10 @@ class Generator:
 
 def _tokens(batch: list[str]) -> list[tuple[str, dict]]:
     return [(EventType.TOKEN, {"text": "".join(batch)})] if batch else []
+
+
+def _stamped_tokens(batch: list[str]) -> list[tuple[str, dict]]:
+    return [(EventType.TOKEN, {"text": "".join(batch), "ts": time.time()})] if batch else []
 
 
 def _error(code: str, message: str) -> tuple[str, dict]:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from shared.events import assemble_text
 from shared.settings import Settings
+from tests.integration.conftest import new_chat
+from tests.waiting import eventually
 from worker.generation import Generator
 from worker.providers import ProviderError
 from worker.providers.simulated import SimulatedProvider, answer_tokens
-from tests.integration.conftest import new_chat
-from tests.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -122,7 +123,8 @@ async def test_a_provider_error_keeps_its_code(store):
     chat_id = await new_chat(store)
     provider.feed(ProviderError("upstream_timeout", "no first token in 30 s"))
     await Generator(store, provider, make_settings()).run(chat_id)
-    assert (await texts(store, chat_id)) == [("error", {"code": "upstream_timeout", "message": "no first token in 30 s"})]
+    error = {"code": "upstream_timeout", "message": "no first token in 30 s"}
+    assert (await texts(store, chat_id)) == [("error", error)]
 
 
 async def test_a_retried_attempt_resets_and_streams_the_whole_answer(store):
@@ -229,3 +231,11 @@ async def test_a_fenced_attempt_stops_without_writing(store, redis):
 
 async def _count(store, chat_id, n):
     return len(await store.events(chat_id)) >= n
+
+
+async def test_benchmarks_can_have_token_events_stamped(store):
+    chat_id = await new_chat(store, max_tokens=3)
+    before = time.time()
+    await Generator(store, SimulatedProvider(0, 0), make_settings(stamp_events=True)).run(chat_id)
+    stamps = [e.payload()["ts"] for e in await store.events(chat_id) if e.type == "token"]
+    assert stamps and all(before <= ts <= time.time() for ts in stamps)

@@ -88,7 +88,7 @@ async def test_clients_joining_at_random_moments_get_the_exact_sequence(hub, sto
     await writer.tokens(1, 200, pause=0.0015)
     await writer.done()
     results = await asyncio.gather(*readers)
-    for after, seqs in zip(afters, results):
+    for after, seqs in zip(afters, results, strict=True):
         assert seqs == list(range(after + 1, 202))
 
 
