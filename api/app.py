@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, openai_compat
 from api.routes import router
 from api.services import Services
 from shared.settings import Settings, get_settings
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="tokenfan", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(openai_compat.router)
     return app
 
 

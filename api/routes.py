@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -43,9 +45,10 @@ async def load_meta(services: Services, chat_id: str) -> dict[str, str]:
     return meta
 
 
-@router.post("/chat", status_code=202, response_model=ChatCreated, responses=_ERRORS)
-async def create_chat(body: ChatCreate, request: Request, response: Response) -> ChatCreated:
-    services = services_of(request)
+async def submit_chat(services: Services, body: ChatCreate, *, extra: dict[str, Any] | None = None) -> str:
+    """Check the limits, record the chat and enqueue it; return its id. What
+    ``POST /chat`` does, shared with ``POST /v1/chat/completions``. ``extra``
+    goes into the stored request (the worker ignores keys it does not know)."""
     settings = services.settings
     messages = body.all_messages()
     size = sum(len(m["content"]) for m in messages) + len(body.system or "")
@@ -56,6 +59,7 @@ async def create_chat(body: ChatCreate, request: Request, response: Response) ->
         raise ApiError(422, "invalid_request", f"max_tokens: at most {settings.max_tokens_limit}")
     model = body.model or settings.model
     stored = {
+        **(extra or {}),  # never overrides the fields below
         "messages": messages,
         "model": model,
         "max_tokens": max_tokens,
@@ -68,7 +72,14 @@ async def create_chat(body: ChatCreate, request: Request, response: Response) ->
     if job is None:  # cannot happen with fresh random ids; never report a chat that will not run
         raise unavailable("could not enqueue the chat")
     await services.redis.publish(keys.WORKERS_CHANNEL, "wake")
-    token = tokens.sign(await services.stream_secret(), chat_id, settings.stream_token_ttl_s)
+    return chat_id
+
+
+@router.post("/chat", status_code=202, response_model=ChatCreated, responses=_ERRORS)
+async def create_chat(body: ChatCreate, request: Request, response: Response) -> ChatCreated:
+    services = services_of(request)
+    chat_id = await submit_chat(services, body)
+    token = tokens.sign(await services.stream_secret(), chat_id, services.settings.stream_token_ttl_s)
     response.headers["Location"] = f"/chat/{chat_id}"
     return ChatCreated(id=chat_id, status="queued", stream_url=f"/chat/{chat_id}/stream", stream_token=token)
 

@@ -1,0 +1,437 @@
+"""An OpenAI-compatible, resumable chat-completions API over the queue.
+
+    POST /v1/chat/completions                      create a chat; stream it, or wait for it
+    GET  /v1/chat/completions/{chat_id}/stream     resume a stream after Last-Event-ID
+    GET  /v1/models, GET /v1/models/{model}        the configured model
+
+A completion is an ordinary tokenfan chat: ``POST`` validates through the
+native ``ChatCreate`` and records and enqueues the chat exactly as ``POST
+/chat`` does (``routes.submit_chat``); its events then reach the client
+through the hub, rewritten as OpenAI objects. The chat's id is in the
+``X-Chat-Id`` header, so every native route (``GET /chat/{id}``, ``DELETE
+/chat/{id}``, the native stream) works on it too.
+
+The stream (``stream: true``)
+-----------------------------
+One SSE message per log event, ``id:`` the event's seq, ``data:`` a
+``chat.completion.chunk``:
+
+- ``token``  -> ``delta: {"content": text}``. The chunk of seq 1 (the first
+  event of every chat) also carries ``delta.role = "assistant"``, so a resume
+  after id 1 does not repeat it.
+- ``reset``  -> an empty ``delta`` plus ``"tokenfan_reset": {"attempt", "reason"}``.
+  A worker died and the answer restarts from its beginning; see below.
+- ``done``   -> an empty ``delta`` with ``finish_reason``; then, when the
+  request set ``stream_options.include_usage``, a chunk with ``choices: []``
+  and ``usage``; then ``data: [DONE]``. These messages all carry the done
+  event's id and are written in one piece.
+- ``error``  -> ``data: {"error": {"message", "type": "server_error", "param", "code"}}``
+  (the SDKs raise ``APIError`` on it), then the stream closes without ``[DONE]``.
+
+Chunks are a pure function of the chat and the event: ``id`` is
+``chatcmpl-<chat_id>`` and ``created`` the chat's creation time, and
+``include_usage`` is stored with the chat, so resumed chunks are byte for byte
+what an uninterrupted client got. A client whose ``Last-Event-ID`` is already
+the terminal event gets an empty stream, as on the native route.
+
+Heartbeats are the comment line ``: ping`` followed by a single newline, never
+a blank line: the OpenAI SDKs' SSE decoders keep the last ``id`` and dispatch
+an event on every blank line, so a ``: ping\\n\\n`` after the first ``id:``
+would reach them as an empty ``data`` and fail their JSON parsing. A comment
+line without a blank line dispatches nothing in any SSE parser. There is no
+``retry:`` field for the same reason.
+
+Redis or the hub failing mid-stream does not end the stream silently (an SDK
+would take a truncated answer for a whole one): the client gets an ``error``
+payload with code ``unavailable`` and no ``id``, and may resume with the last
+id it received.
+
+Resets. OpenAI's protocol has no way to take back text already sent, and
+plain SDK clients simply concatenate ``delta.content``. The choices were: end
+the stream with an error (every plain client fails, even though the chat
+recovers), hold text back until the chat ends (no streaming at all), or say
+it in a field those clients ignore. tokenfan takes the last: the reset is a
+chunk with an empty delta (what OpenAI itself sends in finish chunks, so
+every client survives it) and ``tokenfan_reset``. A client that knows
+clears its text on it; a plain client shows the partial first attempt
+followed by the whole second one. Resets only happen when a worker dies
+mid-answer, and the non-streaming answer and ``GET /chat/{id}`` always hold
+the text after the last reset.
+
+``finish_reason``: ``stop`` and ``length`` pass through. ``cancelled``
+(``DELETE /chat/{id}``) is not an OpenAI value and typed clients may reject
+it, so it is sent as ``stop``, with ``"tokenfan_finish_reason": "cancelled"``
+next to it (on the finish chunk, or on the ``chat.completion``).
+
+``stream: false`` joins the hub like a stream does (no polling), collects the
+events until the terminal one, with ``job_timeout_s`` as the deadline, and
+answers one ``chat.completion`` with ``usage``. A generation ``error`` is a 500
+``server_error`` carrying the worker's code; the deadline passing is a 504
+with ``x-should-retry: false`` (the chat still runs: resume it by its id). If
+the client goes away meanwhile, the wait ends and the chat runs on.
+
+Errors are ``{"error": {"message", "type", "param", "code"}}`` with the
+native API's status codes (422 for a bad body, 413 for an over-long prompt,
+404 for an unknown chat, 400 for a bad Last-Event-ID, 503 with Retry-After
+when Redis is away): ``OpenAIRoute`` converts whatever the handlers, the body
+validation and the dependencies raise. ``code`` is the native error code.
+
+Auth: the router's ``dependencies`` (``AUTH``) is the one place to add the API
+key dependency (``Authorization: Bearer``) when tokenfan gets API keys; the
+errors it raises come out in OpenAI's shape. Chat ownership then follows from
+``submit_chat`` and ``load_meta``, which these routes share with the native ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import ApiError, unavailable
+from api.hub import Hub, HubUnavailable
+from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
+from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
+from api.services import Services
+from shared.events import Event, EventType, assemble_text
+from shared.store import FINISHED, LogExpired
+
+log = logging.getLogger("tokenfan.api")
+
+HEARTBEAT = b": ping\n"  # no blank line: see the module docstring
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
+MODEL_CREATED = 0  # GET /v1/models: tokenfan does not know when a model was made
+
+
+# --- errors --------------------------------------------------------------------
+
+
+class OpenAIError(ApiError):
+    """An ``ApiError`` that names the offending request parameter."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None, **kw: Any) -> None:
+        super().__init__(status, code, message, **kw)
+        self.param = param
+
+
+def error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_response(
+    status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message, param), status_code=status, headers=headers)
+
+
+def _param(loc: tuple | list) -> str | None:
+    """``("body", "messages", 0, "content")`` -> ``"messages[0].content"``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def invalid_body(errors: list[dict[str, Any]], strip_body: bool) -> OpenAIError:
+    if errors and errors[0].get("type") == "json_invalid":
+        detail = (errors[0].get("ctx") or {}).get("error", "")
+        return OpenAIError(422, "invalid_request", f"the body is not valid JSON: {detail}".rstrip(": "))
+    locs = [tuple(e.get("loc", ()))[1 if strip_body else 0 :] for e in errors]
+    message = "; ".join(f"{_param(loc) or 'body'}: {e.get('msg', '')}" for loc, e in zip(locs, errors, strict=True))
+    return OpenAIError(422, "invalid_request", message or "invalid request", _param(locs[0]) if locs else None)
+
+
+class OpenAIRoute(APIRoute):
+    """Every error of these routes in OpenAI's shape, whatever raised it
+    (a handler, the body validation or a dependency)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message, getattr(exc, "param", None), exc.headers)
+            except RequestValidationError as exc:
+                err = invalid_body(list(exc.errors()), strip_body=True)
+                return error_response(err.status, err.code, err.message, err.param)
+            except StarletteHTTPException as exc:
+                code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+                return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+            except RedisError as exc:
+                log.warning("redis error on %s %s: %s", request.method, request.url.path, exc)
+                return error_response(
+                    503, "unavailable", "Redis is unavailable; try again", headers={"Retry-After": "1"}
+                )
+
+        return handle
+
+
+# --- auth ------------------------------------------------------------------------
+
+# The API key dependency goes here when tokenfan has API keys (one line, e.g.
+# ``AUTH = [Depends(require_api_key)]``); it then guards every route below.
+AUTH: list[Any] = []
+
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute, dependencies=AUTH, tags=["openai"])
+
+_ERROR_DOC = {
+    "content": {"application/json": {"example": error_body(404, "not_found", "no such chat (unknown or expired)")}}
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: _ERROR_DOC for code in (400, 404, 413, 422, 500, 503, 504)}
+
+
+# --- chunks ----------------------------------------------------------------------
+
+
+def _usage(data: dict[str, Any]) -> dict[str, int]:
+    usage = data.get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _finish(data: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """OpenAI's finish_reason, and the tokenfan field that keeps the original."""
+    native = data.get("finish_reason", "stop")
+    mapped = FINISH_REASONS.get(native, native)
+    return mapped, ({} if mapped == native else {"tokenfan_finish_reason": native})
+
+
+def _stored_options(meta: dict[str, str]) -> dict[str, Any]:
+    """The OpenAI options POST stored with the chat ({} for a native chat)."""
+    try:
+        return orjson.loads(meta.get("request", "{}")).get("openai") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+
+
+class ChunkEncoder:
+    """Turns one chat's events into OpenAI SSE messages. Depends only on the
+    chat (its id, creation time, model and stored options) and the event, so
+    a resumed stream repeats exactly what an uninterrupted one sent."""
+
+    def __init__(self, chat_id: str, meta: dict[str, str]) -> None:
+        self.completion_id = f"chatcmpl-{chat_id}"
+        self.created = int(float(meta["created_at"]))
+        self.model = meta.get("model", "")
+        self.include_usage = bool(_stored_options(meta).get("include_usage"))
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
+
+    def _chunk(self, seq: int, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
+        if seq == 1:
+            delta = {"role": "assistant", **delta}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _message(seq, {**self._head("chat.completion.chunk"), "choices": [choice], **extra})
+
+    def frames(self, event: Event) -> bytes:
+        """The SSE message(s) of one event; b"" for a type this code does not know."""
+        data = event.payload()
+        if event.type == EventType.TOKEN:
+            return self._chunk(event.seq, {"content": data.get("text", "")})
+        if event.type == EventType.RESET:
+            reset = {"attempt": data.get("attempt"), "reason": data.get("reason")}
+            return self._chunk(event.seq, {}, tokenfan_reset=reset)
+        if event.type == EventType.DONE:
+            finish_reason, extra = _finish(data)
+            out = self._chunk(event.seq, {}, finish_reason, **extra)
+            if self.include_usage:
+                usage_chunk = {**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(data)}
+                out += _message(event.seq, usage_chunk)
+            return out + b"id: %d\ndata: [DONE]\n\n" % event.seq
+        if event.type == EventType.ERROR:
+            code = data.get("code", "error")
+            return _message(event.seq, error_body(500, code, data.get("message", "generation failed")))
+        return b""
+
+    def completion(self, events: list[Event], done: dict[str, Any]) -> dict[str, Any]:
+        finish_reason, extra = _finish(done)
+        message = {"role": "assistant", "content": assemble_text(events), "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._head("chat.completion"), "choices": [choice], "usage": _usage(done), **extra}
+
+
+def _message(seq: int | None, payload: dict[str, Any]) -> bytes:
+    data = orjson.dumps(payload)
+    return data.join((b"data: ", b"\n\n")) if seq is None else b"id: %d\ndata: %s\n\n" % (seq, data)
+
+
+async def _chunks(hub: Hub, chat_id: str, after: int, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
+    resume = f"resume with GET /v1/chat/completions/{chat_id}/stream and the last id received"
+    try:
+        sub = await hub.join(chat_id, after)
+    except HubUnavailable:
+        log.warning("chat %s: hub unavailable", chat_id)
+        yield _message(None, error_body(503, "unavailable", f"stream unavailable; {resume}"))
+        return
+    try:
+        async for event in sub:
+            frames = encoder.frames(event)
+            if frames:
+                yield frames
+    except LogExpired as exc:
+        yield _message(None, error_body(410, "log_expired", str(exc)))
+    except RedisError as exc:
+        log.warning("chat %s: redis error while relaying (%s)", chat_id, exc)
+        yield _message(None, error_body(503, "unavailable", f"Redis is unavailable; {resume}"))
+    finally:
+        hub.leave(sub)
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield  # pragma: no cover
+
+
+def _event_stream(
+    services: Services, chat_id: str, after: int, encoder: ChunkEncoder, *, complete: bool = False
+) -> EventSourceResponse:
+    settings = services.settings
+    return EventSourceResponse(
+        _empty() if complete else _chunks(services.hub, chat_id, after, encoder),
+        ping=settings.heartbeat_s,
+        ping_message_factory=lambda: HEARTBEAT,  # type: ignore[arg-type,return-value]  # bytes pass through
+        send_timeout=settings.send_timeout_s,
+        headers={"X-Chat-Id": chat_id},
+    )
+
+
+# --- non-streaming -------------------------------------------------------------
+
+
+async def _until_terminal(hub: Hub, chat_id: str) -> list[Event]:
+    sub = await hub.join(chat_id, 0)
+    try:
+        return [event async for event in sub]  # ends after the terminal event
+    finally:
+        hub.leave(sub)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read already,
+    so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _complete(request: Request, services: Services, chat_id: str, encoder: ChunkEncoder) -> Response:
+    headers = {"X-Chat-Id": chat_id}
+    collect = asyncio.ensure_future(_until_terminal(services.hub, chat_id))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait(
+            {collect, gone}, timeout=services.settings.job_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (collect, gone):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(collect, gone, return_exceptions=True)
+    if gone in done and collect not in done:
+        return Response(status_code=499)  # nobody reads it; the chat runs on
+    if collect not in done:
+        message = (
+            f"chat {chat_id} did not finish within {services.settings.job_timeout_s} s; it still runs: "
+            f"resume it with GET /v1/chat/completions/{chat_id}/stream or read GET /chat/{chat_id}"
+        )
+        raise OpenAIError(504, "timeout", message, headers={**headers, "x-should-retry": "false"})
+    try:
+        events = collect.result()
+    except HubUnavailable:
+        raise unavailable("the chat's events are unavailable; try again") from None
+    except LogExpired as exc:
+        raise OpenAIError(500, "log_expired", str(exc), headers=headers) from None
+    last = events[-1]
+    if last.type == EventType.ERROR:
+        data = last.payload()
+        raise OpenAIError(500, data.get("code", "error"), data.get("message", "generation failed"), headers=headers)
+    return JSONResponse(encoder.completion(events, last.payload()), headers=headers)
+
+
+# --- routes ----------------------------------------------------------------------
+
+
+@router.post("/chat/completions", responses=_ERRORS)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """OpenAI's chat completions, streamed (``stream: true``) or not. The chat's
+    id is in the ``X-Chat-Id`` header."""
+    services = services_of(request)
+    try:
+        native = body.to_chat_create()
+    except UnsupportedInput as exc:
+        raise OpenAIError(422, "unsupported", exc.message, exc.param) from None
+    except ValidationError as exc:
+        raise invalid_body(list(exc.errors()), strip_body=False) from None
+    chat_id = await submit_chat(services, native, extra={"openai": {"include_usage": body.include_usage}})
+    encoder = ChunkEncoder(chat_id, await load_meta(services, chat_id))
+    if body.stream:
+        return _event_stream(services, chat_id, 0, encoder)
+    return await _complete(request, services, chat_id, encoder)
+
+
+@router.get("/chat/completions/{chat_id}/stream", responses=_ERRORS)
+async def resume_chat_completion(
+    chat_id: str,
+    request: Request,
+    last_event_id: str | None = Query(None, description="for clients that cannot send the Last-Event-ID header"),
+) -> Response:
+    """The chunk stream of a chat after ``Last-Event-ID`` (header, or
+    ``?last_event_id=``): the chunks a dropped client missed, then the live ones."""
+    services = services_of(request)
+    after = parse_last_event_id(request.headers.get("last-event-id", last_event_id))
+    meta = await load_meta(services, chat_id)
+    last_seq = int(meta["last_seq"])
+    if after > last_seq:
+        raise ApiError(
+            400, "invalid_last_event_id", f"Last-Event-ID {after} is beyond this chat's last event ({last_seq})"
+        )
+    complete = meta["status"] in FINISHED and after >= last_seq
+    return _event_stream(services, chat_id, after, ChunkEncoder(chat_id, meta), complete=complete)
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": "tokenfan"}
+
+
+@router.get("/models", responses=_ERRORS)
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_model(services_of(request).settings.model)]}
+
+
+@router.get("/models/{model_id:path}", responses=_ERRORS)
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    if model_id != services_of(request).settings.model:
+        raise OpenAIError(404, "model_not_found", f"the model '{model_id}' does not exist", "model")
+    return _model(model_id)

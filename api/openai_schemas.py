@@ -1,0 +1,88 @@
+"""The request body of ``POST /v1/chat/completions``: OpenAI's chat-completions
+shape, reduced to what tokenfan uses. Fields it does not know (``top_p``,
+``user``, ``tools``, ``seed``…) are ignored, not rejected, as most
+OpenAI-compatible servers do. ``to_chat_create`` turns it into the native
+``ChatCreate``, which stays the one place that validates a chat."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas import ChatCreate
+
+# OpenAI's "developer" role is the newer name of "system".
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class UnsupportedInput(ValueError):
+    """Valid OpenAI, but not something tokenfan can run (tools, images, n > 1)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool | None = False
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str | None = Field(None, min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)  # deprecated by OpenAI, still sent by many clients
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    n: int | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_chat_create(self) -> ChatCreate:
+        """The native request. Raises ``UnsupportedInput``, or pydantic's
+        ``ValidationError`` from ``ChatCreate``."""
+        if self.n not in (None, 1):
+            raise UnsupportedInput("n", "only n=1 is supported")
+        messages = []
+        for i, message in enumerate(self.messages):
+            role = _ROLES.get(message.role)
+            if role is None:
+                raise UnsupportedInput(f"messages[{i}].role", f"role '{message.role}' is not supported")
+            messages.append({"role": role, "content": _text_of(message.content, f"messages[{i}].content")})
+        return ChatCreate(
+            messages=messages,
+            model=self.model,
+            # max_completion_tokens is the current name; it wins when both are sent.
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=self.temperature,
+        )
+
+
+def _text_of(content: str | list[ContentPart] | None, param: str) -> str:
+    if content is None:
+        raise UnsupportedInput(param, "content is required (tool calls are not supported)")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise UnsupportedInput(param, f"content part of type '{part.type}' is not supported; only 'text'")
+        texts.append(part.text)
+    return "\n".join(texts)  # as vLLM and llama.cpp join text parts
