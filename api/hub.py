@@ -19,7 +19,10 @@ up from the log once its channel is confirmed again.
 The pub/sub connection is a raw redis-py ``Connection`` rather than a
 ``PubSub`` object, so that the hub itself knows which SUBSCRIBE each
 confirmation answers (a client may only read the log once *its* subscription
-is live) and decides what to resubscribe after a reconnect.
+is live) and decides what to resubscribe after a reconnect. Every command for
+it goes through one outbox, written by one task, so Redis receives SUBSCRIBE
+and UNSUBSCRIBE in the order clients joined and left: a client that joins as
+the last one leaves must not have its SUBSCRIBE overtaken by that UNSUBSCRIBE.
 """
 
 from __future__ import annotations
@@ -138,6 +141,8 @@ class Hub:
         # every SUBSCRIBE sent for it has been confirmed (an earlier one may
         # belong to a subscription that was dropped meanwhile).
         self._unconfirmed: dict[bytes, int] = {}
+        # Commands for the current connection, in order; None while disconnected.
+        self._outbox: asyncio.Queue[tuple[bytes | str, ...]] | None = None
         self._conn: Connection | None = None
         self._reader: asyncio.Task | None = None
         self.connected = asyncio.Event()
@@ -174,10 +179,10 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel()
-            state.subscribers.add(sub)
-            await self._send_subscribe(channel)
-        else:
-            state.subscribers.add(sub)
+            if self._outbox is not None:  # else the reader subscribes it on (re)connecting
+                self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+                self._command("SUBSCRIBE", channel)
+        state.subscribers.add(sub)
         try:
             await asyncio.wait_for(state.confirmed.wait(), self.subscribe_timeout_s)
         except TimeoutError:
@@ -193,27 +198,19 @@ class Hub:
         state.subscribers.discard(sub)
         if not state.subscribers:
             del self._channels[channel]
-            self._send_nowait("UNSUBSCRIBE", channel)
+            self._command("UNSUBSCRIBE", channel)
 
     # --- the connection ----------------------------------------------------
-    async def _send_subscribe(self, channel: bytes) -> None:
-        if self._conn is None:
-            return  # the reader subscribes every channel when it (re)connects
-        self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
-        await self._send(self._conn, "SUBSCRIBE", channel)
+    def _command(self, *args: bytes | str) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(args)
 
-    def _send_nowait(self, *args: bytes | str) -> None:
-        if self._conn is not None:
-            task = asyncio.create_task(self._send(self._conn, *args))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _send(self, conn: Connection, *args: bytes | str) -> None:
-        # Only on the live connection: redis-py would silently reconnect a
-        # dropped one, and the reader resubscribes everything anyway.
-        if conn is not self._conn or not conn.is_connected:
-            return
+    @staticmethod
+    async def _write(conn: Connection, outbox: asyncio.Queue) -> None:
         try:
-            await conn.send_command(*args, check_health=False)
+            while True:
+                args = await outbox.get()
+                await conn.send_command(*args, check_health=False)
         except (RedisError, OSError):
             pass  # the reader sees the broken connection and reconnects
 
@@ -230,6 +227,7 @@ class Hub:
             except Exception:
                 log.exception("hub reader failed; reconnecting")
             self.connected.clear()
+            self._outbox = None
             conn, self._conn = self._conn, None
             self._unconfirmed.clear()
             for state in self._channels.values():
@@ -243,26 +241,31 @@ class Hub:
     async def _connect_and_read(self) -> None:
         conn = self._connection_factory()
         await conn.connect()
-        # No await between publishing the connection and listing the channels:
-        # a client joining from now on sends its own SUBSCRIBE, one that joined
-        # before is in this list.
+        # No await between opening the outbox and listing the channels: a
+        # client joining from now on queues its own SUBSCRIBE behind this one,
+        # one that joined before is in this list.
         self._conn = conn
+        self._outbox = asyncio.Queue()
         channels = [HOME_CHANNEL, *self._channels]
         for channel in channels:
             self._unconfirmed[channel] = 1
-        await conn.send_command("SUBSCRIBE", *channels, check_health=False)
+        self._command("SUBSCRIBE", *channels)
+        writer = asyncio.create_task(self._write(conn, self._outbox), name="tokenfan-hub-writer")
         self.connected.set()
         last_heard = time.monotonic()
-        while True:
-            response = await conn.read_response(timeout=self.keepalive_s)
-            now = time.monotonic()
-            if response is None:
-                if now - last_heard > 2 * self.keepalive_s:
-                    raise ConnectionError("pub/sub connection silent; presumed dead")
-                await conn.send_command("PING", check_health=False)
-                continue
-            last_heard = now
-            self._dispatch(response)
+        try:
+            while True:
+                response = await conn.read_response(timeout=self.keepalive_s)
+                now = time.monotonic()
+                if response is None:
+                    if now - last_heard > 2 * self.keepalive_s:
+                        raise ConnectionError("pub/sub connection silent; presumed dead")
+                    self._command("PING")
+                    continue
+                last_heard = now
+                self._dispatch(response)
+        finally:
+            writer.cancel()
 
     def _dispatch(self, response: list) -> None:
         kind = response[0]

@@ -168,3 +168,24 @@ async def test_one_connection_serves_every_client(hub, store, redis):
     assert sum(1 for c in clients if c["name"] == "tokenfan-test-hub") == 1
     for sub in subs:
         hub.leave(sub)
+
+
+async def test_a_client_joining_as_the_last_one_leaves_keeps_receiving(hub, store, redis):
+    """Found in review: an UNSUBSCRIBE sent after a later SUBSCRIBE left the
+    new client confirmed but deaf, its stream stalled for good."""
+    writer = await Writer.start(store)
+    first = await hub.join(writer.chat_id, 0)
+    rejoin = asyncio.create_task(hub.join(writer.chat_id, 0))  # in the same loop turn as the leave
+    hub.leave(first)
+    second = await rejoin
+    channel = keys.live(writer.chat_id)
+    assert dict(await redis.pubsub_numsub(channel))[channel.encode()] == 1
+    reader = asyncio.create_task(_seqs(second))
+    await writer.tokens(1, 3)
+    await writer.done()
+    assert await asyncio.wait_for(reader, 5) == [1, 2, 3, 4]
+    hub.leave(second)
+
+
+async def _seqs(sub) -> list[int]:
+    return [event.seq async for event in sub]

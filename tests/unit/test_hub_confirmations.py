@@ -13,22 +13,22 @@ from shared.events import Event
 pytestmark = pytest.mark.anyio
 
 
-class FakeConnection:
-    is_connected = True
+class Outbox:
+    """Stands in for the connection's outbox: records commands in order."""
 
     def __init__(self) -> None:
         self.sent: list[tuple] = []
 
-    async def send_command(self, *args, **kwargs) -> None:
+    def put_nowait(self, args: tuple) -> None:
         self.sent.append(args)
 
 
 @pytest.fixture
-def hub() -> tuple[Hub, FakeConnection]:
+def hub() -> tuple[Hub, Outbox]:
     hub = Hub(lambda: None, store=None, queue_size=4)  # type: ignore[arg-type]
-    conn = FakeConnection()
-    hub._conn = conn  # as if the reader had connected
-    return hub, conn
+    outbox = Outbox()
+    hub._outbox = outbox  # as if the reader had connected
+    return hub, outbox
 
 
 CHAT = "0" * 32
@@ -87,9 +87,9 @@ async def test_overflow_drops_the_queue_and_asks_for_the_log(hub):
     assert sub._must_read_log and sub.overflows == 1
 
 
-async def test_a_reconnect_subscribes_every_channel_in_one_command(hub):
+async def test_a_join_while_disconnected_waits_for_the_reader(hub):
     hub, conn = hub
-    hub._conn = None  # disconnected: joins wait for the reader
+    hub._outbox = None  # disconnected: joins wait for the reader
     join = asyncio.create_task(hub.join(CHAT, 0))
     await asyncio.sleep(0)
     assert conn.sent == []
@@ -102,3 +102,16 @@ def test_published_events_parse_back():
     assert (event.seq, event.type, event.payload()) == (12, "done", {"finish_reason": "stop"})
     assert event.terminal
     assert HOME_CHANNEL not in (CHANNEL,)
+
+
+async def test_a_join_as_the_last_client_leaves_is_subscribed_after_the_unsubscribe(hub):
+    hub, conn = hub
+    join = asyncio.create_task(hub.join(CHAT, 0))
+    await settle()
+    hub._dispatch([b"subscribe", CHANNEL, 1])
+    first = await join
+    rejoin = asyncio.create_task(hub.join(CHAT, 0))  # scheduled before the leave runs
+    hub.leave(first)
+    await settle()
+    assert [c[0] for c in conn.sent if c[1:] == (CHANNEL,)] == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"]
+    rejoin.cancel()
