@@ -1,0 +1,223 @@
+"""Streaming, resuming and joining against one API process and one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import httpx
+import pytest
+from harness import (
+    Sampler,
+    aread_stream,
+    assert_complete_sequence,
+    create_chat,
+    expected_text,
+    get_chat,
+    prompt_with_length,
+    read_stream,
+    record,
+    text_of,
+    wait_chat_status,
+)
+
+pytestmark = pytest.mark.e2e
+
+TOKENS_PER_S = 200  # ~2 s for the longest simulated answer (419 tokens)
+
+
+@pytest.fixture(scope="module")
+def cluster(module_clusters):
+    return module_clusters(env={"TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S)})
+
+
+@pytest.fixture(scope="module")
+def client():
+    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
+        yield c
+
+
+def finished_chat(client, api, min_tokens=60, max_tokens=120, tag=""):
+    """A chat that has run to completion; returns (id, prompt, full stream)."""
+    prompt = prompt_with_length(min_tokens, max_tokens, tag)
+    chat_id = create_chat(client, api.url, prompt, max_tokens=500)
+    full = read_stream(client, api.url, chat_id)
+    assert full.closed_by_server
+    assert_complete_sequence(full.events)
+    wait_chat_status(client, api.url, chat_id, ["done"])
+    return chat_id, prompt, full.events
+
+
+def test_full_stream_matches_get(cluster, client):
+    api = cluster.api
+    prompt = prompt_with_length(150, 300, "full")
+    chat_id = create_chat(client, api.url, prompt, max_tokens=500)
+    full = read_stream(client, api.url, chat_id)
+
+    assert full.status_code == 200
+    assert full.retry == 2000
+    assert full.closed_by_server, "the server must close the stream after done"
+    assert_complete_sequence(full.events)
+    assert full.events[-1][1] == "done"
+    done = json.loads(full.events[-1][2])
+    assert done["finish_reason"] == "stop"
+    assert done["usage"]["completion_tokens"] > 0
+    assert all(e[1] == "token" for e in full.events[:-1])
+
+    state = get_chat(client, api.url, chat_id)
+    assert state["status"] == "done"
+    assert state["last_seq"] == full.events[-1][0]
+    assert text_of(full.events) == state["text"] == expected_text(prompt, 500)
+    assert state["text"]
+
+
+@pytest.mark.parametrize("via", ["header", "query"])
+def test_resume_finished_chat_at_every_cut(cluster, client, via):
+    api = cluster.api
+    chat_id, _, full = finished_chat(client, api, tag=f"resume-{via}")
+    n = len(full)
+    for k in range(n + 1):
+        rest = read_stream(client, api.url, chat_id, last_event_id=k, via=via)
+        assert rest.status_code == 200
+        assert rest.closed_by_server
+        assert full[:k] + rest.events == full, f"resume after {k} ({via}) differs"
+
+
+def test_resume_at_terminal_id_closes_at_once(cluster, client):
+    api = cluster.api
+    chat_id, _, full = finished_chat(client, api, tag="terminal")
+    last = full[-1][0]
+    for via in ("header", "query"):
+        started = time.monotonic()
+        rest = read_stream(client, api.url, chat_id, last_event_id=last, via=via)
+        elapsed = time.monotonic() - started
+        assert rest.status_code == 200
+        assert rest.closed_by_server
+        assert rest.events == []
+        assert elapsed < 1.0, f"took {elapsed:.2f} s to close"
+
+
+def test_resume_while_generating(cluster, client):
+    """Clients cut their stream after k events mid-generation and come back
+    with Last-Event-ID: k; what they end up with is exactly the log."""
+    api = cluster.api
+    prompt = prompt_with_length(380, 419, "midresume")
+    chat_id = create_chat(client, api.url, prompt, max_tokens=500)
+    cuts = [1, 2, 5, 9, 14, 20, 27]
+
+    async def one(ac, k):
+        first = await aread_stream(ac, api.url, chat_id, max_events=k)
+        assert len(first.events) == k and not first.closed_by_server
+        status = (await ac.get(f"{api.url}/chat/{chat_id}")).json()["status"]
+        rest = await aread_stream(ac, api.url, chat_id, last_event_id=k)
+        assert rest.closed_by_server
+        return status, first.events + rest.events
+
+    async def main():
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(timeout=10.0, limits=limits) as ac:
+            return await asyncio.gather(*(one(ac, k) for k in cuts))
+
+    results = asyncio.run(main())
+    full = read_stream(client, api.url, chat_id).events
+    assert_complete_sequence(full)
+    for k, (status, events) in zip(cuts, results, strict=True):
+        assert status == "running", f"cut at {k}: the chat was already {status}; not mid-generation"
+        assert events == full, f"cut at {k}: reassembled stream differs from the log"
+    assert text_of(full) == get_chat(client, api.url, chat_id)["text"] == expected_text(prompt, 500)
+
+
+def test_join_race(cluster, client):
+    """~30 clients start reading at random moments of one fast generation;
+    each gets exactly the whole sequence 1..N."""
+    api = cluster.api
+    prompt = prompt_with_length(380, 419, "join")
+    chat_id = create_chat(client, api.url, prompt, max_tokens=500)
+    rng = random.Random(1234)
+    # A joiner starts the moment the leader has seen event k (k random): right
+    # as events are being published, the racy moment for a join.
+    thresholds = sorted(rng.randrange(0, 60) for _ in range(30))
+
+    async def main():
+        seen = 0
+        progress = asyncio.Condition()
+
+        async def on_event(ev):
+            nonlocal seen
+            async with progress:
+                seen = ev[0]
+                progress.notify_all()
+
+        async def joiner(ac, k):
+            async with progress:
+                await progress.wait_for(lambda: seen >= k)
+            started_at = seen
+            read = await aread_stream(ac, api.url, chat_id)
+            return started_at, read
+
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(timeout=10.0, limits=limits) as ac:
+            leader = asyncio.create_task(aread_stream(ac, api.url, chat_id, on_event=on_event))
+            joiners = await asyncio.gather(*(joiner(ac, k) for k in thresholds))
+            return await leader, joiners
+
+    leader, joiners = asyncio.run(main())
+    full = leader.events
+    assert_complete_sequence(full)
+    assert full == read_stream(client, api.url, chat_id).events
+    mid = 0
+    for started_at, read in joiners:
+        assert read.closed_by_server
+        assert read.events == full, f"joiner started at event {started_at} got a different sequence"
+        mid += started_at < full[-1][0]
+    assert mid >= 25, f"only {mid} joiners started before the end of the generation"
+
+
+def test_hundred_streams_hold_at_most_three_redis_connections(cluster, client):
+    api = cluster.api
+    prompt = prompt_with_length(400, 419, "hundred")
+    chat_id = create_chat(client, api.url, prompt, max_tokens=500)
+    created = time.monotonic()
+    n_clients = 100
+
+    def api_connections():
+        return len(api.redis_clients(cluster.redis))
+
+    async def main():
+        opened = 0
+        all_open = asyncio.Event()
+
+        def on_open():
+            nonlocal opened
+            opened += 1
+            if opened == n_clients:
+                all_open.set()
+
+        limits = httpx.Limits(max_connections=n_clients + 10, max_keepalive_connections=n_clients + 10)
+        async with httpx.AsyncClient(timeout=10.0, limits=limits) as ac:
+            tasks = [asyncio.create_task(aread_stream(ac, api.url, chat_id, on_open=on_open)) for _ in range(n_clients)]
+            await asyncio.wait_for(all_open.wait(), 10)
+            count = await asyncio.to_thread(api_connections)
+            taken_at = time.monotonic()
+            return await asyncio.gather(*tasks), count, taken_at
+
+    # Sample the count all along as well: the peak is when 100 clients join.
+    with Sampler(api_connections, 0.02) as sampler:
+        reads, count, taken_at = asyncio.run(main())
+    assert not sampler.errors, sampler.errors
+    full = read_stream(client, api.url, chat_id).events
+    assert_complete_sequence(full)
+    for read in reads:
+        assert read.closed_by_server
+        assert read.events == full
+    # All 100 streams were open, and still streaming, when it was counted.
+    assert all(r.times[-1] > taken_at for r in reads), "the generation ended before all streams were open"
+    peak = max([count, *sampler.samples])
+    record(
+        f"100 open streams on one API process: {count} Redis connections (peak {peak}; "
+        f"all open {taken_at - created:.2f} s after POST, {len(sampler.samples)} samples)"
+    )
+    assert 1 <= count <= 3
+    assert peak <= 3
