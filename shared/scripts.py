@@ -50,16 +50,20 @@ redis.call('ZADD', running, now_ms + tonumber(ARGV[2]), ARGV[1])
 return {status, attempt, tonumber(redis.call('HGET', meta, 'last_seq'))}
 """
 
-# Renew the leases of the chats a worker runs. XX: a lease the reaper already
-# took away stays gone (that attempt is fenced out by the next claim).
-# KEYS: running zset   ARGV: lease_ms, chat ids...
+# Renew the leases of the chats a worker runs, and arq's in-progress keys of
+# their jobs, which the worker sets to expire after one lease too: a worker
+# killed before its claim took the lease still loses the job within a lease.
+# XX: a lease the reaper already took away stays gone (that attempt is fenced
+# out by the next claim).
+# KEYS: running zset   ARGV: lease_ms, arq in-progress key prefix, chat ids...
 RENEW = """
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i])
+  redis.call('PEXPIRE', ARGV[2] .. ARGV[i], tonumber(ARGV[1]))
 end
-return #ARGV - 1
+return #ARGV - 2
 """
 
 # Hand on the jobs whose lease lapsed (their worker died): drop arq's

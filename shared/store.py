@@ -107,10 +107,10 @@ class ChatStore:
         )
         return Claim(status.decode(), int(attempt), int(last_seq))
 
-    async def renew_leases(self, chat_ids: Iterable[str], lease_ms: int) -> None:
+    async def renew_leases(self, chat_ids: Iterable[str], lease_ms: int, in_progress_prefix: str) -> None:
         chat_ids = list(chat_ids)
         if chat_ids:
-            await self._renew(keys=[keys.RUNNING], args=[lease_ms, *chat_ids])
+            await self._renew(keys=[keys.RUNNING], args=[lease_ms, in_progress_prefix, *chat_ids])
 
     async def release_lease(self, chat_id: str) -> None:
         await self.redis.zrem(keys.RUNNING, chat_id)

@@ -129,7 +129,7 @@ async def test_a_lapsed_lease_hands_the_job_on(store, redis):
     assert not await redis.exists(in_progress_key_prefix + lapsed)
     assert await redis.exists(in_progress_key_prefix + alive)
     # A late renewal by the presumed-dead worker does not take the lease back.
-    await store.renew_leases([lapsed, alive], lease_ms=60_000)
+    await store.renew_leases([lapsed, alive], lease_ms=60_000, in_progress_prefix=in_progress_key_prefix)
     assert await redis.zscore(keys.RUNNING, lapsed) is None
     await store.release_lease(alive)
     await redis.delete(in_progress_key_prefix + alive)
@@ -144,3 +144,15 @@ async def test_claims_race_to_one_owner(store):
     assert [r.accepted for r in results].count(True) == 1
     assert results[[c.attempt for c in claims].index(owner)].accepted
     await store.release_lease(chat_id)
+
+
+async def test_renewal_keeps_arqs_in_progress_key_alive_for_one_lease(store, redis):
+    """A worker killed between arq's pickup and the claim holds no lease; the
+    in-progress key itself must then lapse within a lease, not after job_timeout."""
+    chat_id = await new_chat(store)
+    await store.claim(chat_id, lease_ms=60_000)
+    await redis.set(in_progress_key_prefix + chat_id, 1, px=500)
+    await store.renew_leases([chat_id], lease_ms=30_000, in_progress_prefix=in_progress_key_prefix)
+    assert 20_000 < await redis.pttl(in_progress_key_prefix + chat_id) <= 30_000
+    await store.release_lease(chat_id)
+    await redis.delete(in_progress_key_prefix + chat_id)

@@ -71,3 +71,12 @@ def test_the_simulated_model_keeps_its_pace():
     elapsed = time.monotonic() - started
     assert len(pieces) == 21
     assert 0.03 + 19 / 200 <= elapsed < 1.0  # ttft + 19 intervals, give or take scheduling
+
+
+def test_a_workers_jobs_are_held_in_progress_for_one_lease_only():
+    from shared.settings import Settings
+    from worker.settings import create_worker
+
+    worker = create_worker(Settings(lease_s=4, job_timeout_s=3600))
+    assert worker.in_progress_timeout_s == 4  # not arq's job_timeout + 10 s
+    assert worker.job_timeout_s == 3600
