@@ -1,5 +1,6 @@
-"""Choosing the provider a worker uses: ``simulated`` (the default), or any
-importable async generator function named ``package.module:function``."""
+"""Choosing the provider a worker uses: ``simulated`` (the default), ``openai``,
+``anthropic``, or any importable async generator function named
+``package.module:function``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ def load_provider(settings: Settings) -> Provider:
     name = settings.provider
     if name == "simulated":
         return SimulatedProvider(settings.sim_ttft_ms, settings.sim_tokens_per_s)
+    if name in ("openai", "anthropic"):
+        # Imported here: a worker that does not use an SDK does not load it.
+        module = importlib.import_module(f"worker.providers.{name}_provider")
+        return module.build(settings)
     if ":" in name:
         module_name, _, attr = name.partition(":")
         return getattr(importlib.import_module(module_name), attr)
-    raise ValueError(f"unknown provider {name!r}: use 'simulated' or 'package.module:function'")
+    raise ValueError(f"unknown provider {name!r}: use 'simulated', 'openai', 'anthropic' or 'package.module:function'")
