@@ -1,0 +1,50 @@
+"""What every scenario gets: the run (Redis, processes, logs), the scale, and
+a place for the raw details that go into the JSON file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psutil
+import redis
+
+from bench.procs import Run
+
+T = TypeVar("T")
+
+# Every token event carries "ts", its append time (worker side, wall clock):
+# with the client's arrival stamps, one clock for every relay measurement.
+STAMP = {"TOKENFAN_STAMP_EVENTS": "true"}
+
+
+@dataclass
+class Context:
+    run: Run
+    quick: bool = False
+    profile: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+    def scale(self, full: T, quick: T) -> T:
+        return quick if self.quick else full
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.monotonic() - self.t0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def redis(self) -> redis.Redis:
+        return self.run.redis()
+
+    def redis_process(self) -> psutil.Process:
+        assert self.run.redis_server is not None
+        return psutil.Process(self.run.redis_server.pid)
+
+    def flush(self) -> None:
+        """A clean Redis between scenarios."""
+        r = self.redis()
+        try:
+            r.flushall()
+        finally:
+            r.close()

@@ -1,0 +1,412 @@
+"""The processes a benchmark run starts: one embedded Redis for the whole run,
+and per scenario a ``Stack`` of API processes, workers and the direct
+baseline, all real processes on loopback.
+
+Every child gets its own environment (no ``TOKENFAN_*`` variable leaks in from
+the caller; the working directory is the run's log folder, so no ``.env`` is
+read), its output in a log file, its open-file limit raised to the hard limit
+(10,000 idle streams need 10,000 sockets in the API process) and, on Linux, a
+parent-death signal, so a killed benchmark leaves nothing behind. Children run
+in their own session: a Ctrl-C reaches only the benchmark, which then stops
+them by PID (SIGTERM, then SIGKILL after a grace period).
+
+This overlaps with ``tests/harness.py`` (process start/stop, readiness); it is
+kept separate because the benchmark needs the raised fd limit in the children
+and its own log folder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from tokenfan.embedded_redis import EmbeddedRedis, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+
+
+# --- waiting -------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Call ``predicate`` until it returns something truthy (returned), or raise
+    TimeoutError after ``timeout`` s. The only way the benchmark waits for a
+    state; sleeps are used for pacing load, never to let something happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def sleep_until(wall_time: float) -> None:
+    """Pacing only: wait for a point of a schedule (wall clock)."""
+    delay = wall_time - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# --- file descriptors ------------------------------------------------------------
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft if soft != resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def fd_limit_of(pid: int) -> int:
+    """The soft open-file limit of a running process (to check it took)."""
+    return psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)[0]
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    raise_fd_limit()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except Exception:
+            pass
+
+
+# --- processes -------------------------------------------------------------------
+
+
+class Run:
+    """One benchmark run: its log folder, its Redis, and every child process,
+    so that ``close`` stops them all whatever happened."""
+
+    KEEP_LOGS_S = 3 * 24 * 3600
+
+    def __init__(self, label: str) -> None:
+        logs = RESULTS / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for old in logs.iterdir():  # other runs' logs, once they are a few days old
+            try:
+                if time.time() - old.stat().st_mtime > self.KEEP_LOGS_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        self.dir = logs / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.dir.mkdir(parents=True)
+        self.redis_server: EmbeddedRedis | None = None
+        self.children: list[Child] = []
+        self._counter = itertools.count(1)
+
+    def start_redis(self) -> EmbeddedRedis:
+        # Must be called from the main thread (the parent-death signal is per thread).
+        self.redis_server = EmbeddedRedis(port=free_port(), persistent=False).start()
+        return self.redis_server
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis_server is not None
+        return self.redis_server.url
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENFAN_")}
+        paths = [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", TOKENFAN_REDIS_URL=self.redis_url)
+        env.update(extra or {})
+        return env
+
+    def spawn(self, label: str, args: list[str], env: dict[str, str], *, pipes: bool = False) -> Child:
+        child = Child(self, label, args, env, pipes=pipes)
+        self.children.append(child)
+        return child
+
+    def stop(self, children: list[Child]) -> None:
+        """SIGTERM them all, then wait for each (SIGKILL after the grace period)."""
+        for c in children:
+            c.signal(signal.SIGTERM)
+        for c in children:
+            c.wait_stopped()
+            if c in self.children:
+                self.children.remove(c)
+
+    def close(self) -> None:
+        try:
+            self.stop(list(reversed(self.children)))
+        finally:
+            if self.redis_server is not None:
+                self.redis_server.stop()
+                self.redis_server = None
+
+
+class Child:
+    """One child process; its output goes to ``<run dir>/<n>-<label>.log``
+    (or, with ``pipes``, stdin/stdout are pipes to talk to it: load generators)."""
+
+    def __init__(self, run: Run, label: str, args: list[str], env: dict[str, str], *, pipes: bool) -> None:
+        self.label = label
+        self.log_path = run.dir / f"{next(run._counter):03d}-{label}.log"
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                args,
+                cwd=run.dir,
+                env=env,
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else log,
+                stderr=log if pipes else subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+        self.pid = self.popen.pid
+        self.ps = psutil.Process(self.pid)
+
+    def __repr__(self) -> str:
+        return f"<{self.label} pid={self.pid}>"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        code = self.popen.poll()
+        if code is not None:
+            raise RuntimeError(f"{self} exited with code {code}; log {self.log_path}:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait_stopped(self, grace: float = STOP_GRACE_S) -> None:
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(timeout=grace)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds this process has used so far."""
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+class Server(Child):
+    """An HTTP server child (the tokenfan API or the direct baseline)."""
+
+    def __init__(self, run: Run, label: str, module: str, env: dict[str, str], port: int) -> None:
+        super().__init__(run, label, [sys.executable, "-m", module], env, pipes=False)
+        self.port = port
+
+    def ready(self, path: str, check: Callable[[bytes], bool] = lambda body: True) -> bool:
+        self.check_alive()
+        try:
+            status, body = http_get(self.port, path)
+        except OSError:
+            return False
+        return status == 200 and check(body)
+
+
+class Stack:
+    """The processes of one scenario. ``start`` launches them all at once
+    (startup overlaps), then waits until each is ready."""
+
+    def __init__(self, run: Run, name: str, env: Mapping[str, str] | None = None) -> None:
+        self.run = run
+        self.name = name
+        self.env = dict(env or {})
+        self.apis: list[Server] = []
+        self.workers: list[Child] = []
+        self.baselines: list[Server] = []
+
+    @property
+    def api(self) -> Server:
+        return self.apis[0]
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.apis, *self.workers, *self.baselines]
+
+    def start(
+        self,
+        *,
+        apis: int = 1,
+        workers: int = 0,
+        baseline: bool = False,
+        api_env: Mapping[str, str] | None = None,
+        worker_env: Mapping[str, str] | None = None,
+    ) -> Stack:
+        for i in range(apis):
+            port = free_port()
+            env = self.run.env({**self.env, **(api_env or {}), "TOKENFAN_HOST": HOST, "TOKENFAN_PORT": str(port)})
+            self._add(self.apis, Server(self.run, f"{self.name}-api{i + 1}", "api", env, port))
+        for i in range(workers):
+            env = self.run.env({**self.env, **(worker_env or {})})
+            self._add(
+                self.workers,
+                Child(self.run, f"{self.name}-worker{i + 1}", [sys.executable, "-m", "worker"], env, pipes=False),
+            )
+        if baseline:
+            port = free_port()
+            env = self.run.env({**self.env, **(worker_env or {}), "BENCH_PORT": str(port)})
+            self._add(self.baselines, Server(self.run, f"{self.name}-direct", "bench.baseline", env, port))
+        try:
+            self._wait_ready(workers)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _add(self, group: list, child: Child) -> None:
+        group.append(child)
+        self.run.children.append(child)
+
+    def _wait_ready(self, workers: int) -> None:
+        import orjson
+
+        for api in self.apis:
+            # Ready means Redis reachable and the hub's pub/sub connection up.
+            wait_until(
+                lambda api=api: api.ready("/readyz", lambda b: orjson.loads(b).get("hub_connected") is True),
+                START_TIMEOUT_S,
+                f"{api} to be ready",
+            )
+        for b in self.baselines:
+            wait_until(lambda b=b: b.ready("/healthz"), START_TIMEOUT_S, f"{b} to be ready")
+        if workers:
+            # A worker is ready once it listens for nudges on tf:workers.
+            r = self.run.redis()
+            try:
+
+                def subscribed() -> bool:
+                    for w in self.workers:
+                        w.check_alive()
+                    return r.pubsub_numsub("tf:workers")[0][1] >= len(self.workers)
+
+                wait_until(subscribed, START_TIMEOUT_S, f"{len(self.workers)} workers to subscribe")
+            finally:
+                r.close()
+
+    def api_connections(self, r: redis.Redis, api: Server | None = None) -> int:
+        """Redis connections held by an API process (named tokenfan-api-<pid>[-hub])."""
+        api = api or self.api
+        names = {f"tokenfan-api-{api.pid}", f"tokenfan-api-{api.pid}-hub"}
+        return sum(1 for c in r.client_list() if c.get("name") in names)
+
+    def close(self) -> None:
+        self.run.stop(list(reversed(self.children)))
+        self.apis, self.workers, self.baselines = [], [], []
+
+
+class CpuMeter:
+    """CPU seconds spent by some processes between ``start`` and ``stop``."""
+
+    def __init__(self, procs: Mapping[str, Child | psutil.Process]) -> None:
+        self.procs = dict(procs)
+        self.t0 = self.t1 = 0.0
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu(p: Child | psutil.Process) -> float:
+        if isinstance(p, Child):
+            return p.cpu_s()
+        t = p.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.before = {name: self._cpu(p) for name, p in self.procs.items()}
+
+    def stop(self) -> dict[str, float]:
+        self.t1 = time.monotonic()
+        self.used = {name: self._cpu(p) - self.before[name] for name, p in self.procs.items()}
+        return self.used
+
+    @property
+    def elapsed(self) -> float:
+        return self.t1 - self.t0
+
+    def utilisation(self) -> dict[str, float]:
+        """Share of one core each process used over the window."""
+        return {name: used / self.elapsed for name, used in self.used.items()} if self.elapsed else {}
+
+
+class Sampler:
+    """Calls ``fn`` every ``interval`` s in a thread until stopped (e.g. CLIENT
+    LIST or RSS during a scenario); keeps results, records errors."""
+
+    def __init__(self, fn: Callable[[], Any], interval: float = 0.5) -> None:
+        self.fn = fn
+        self.interval = interval
+        self.samples: list[Any] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self.fn())
+            except Exception as exc:  # noqa: BLE001
+                self.errors.append(exc)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
