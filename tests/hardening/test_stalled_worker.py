@@ -1,0 +1,58 @@
+"""Two attempts at once: a worker that is only stalled (SIGSTOP here; a long
+pause or a partition in life) loses its chat to another worker when its lease
+lapses, wakes up (SIGCONT) and is fenced out. Its job must not then complete
+and vanish from the queue while the other attempt runs: when that other
+worker dies too (SIGKILL), the chat must still end, taken over by the job
+that was fenced out (worker/resilience.py)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import httpx
+import pytest
+from harness import expected_text, get_chat, prompt_with_length, read_stream, record, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster(clusters):
+    # FAST_ENV: lease 2 s, reaper every 0.5 s.
+    return clusters(workers=2, env={"TOKENFAN_SIM_TOKENS_PER_S": "60"})
+
+
+def test_fenced_out_job_outlives_a_dead_owner(cluster):
+    api = cluster.api
+    prompt = prompt_with_length(390, 419, "stalled")  # ~7 s
+    with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
+        chat_id = client.post(f"{api.url}/chat", json={"prompt": prompt, "max_tokens": 500}).json()["id"]
+        result: list = []
+        reader = threading.Thread(target=lambda: result.append(read_stream(client, api.url, chat_id)), daemon=True)
+        reader.start()
+        (first,) = wait_until(lambda: [w for w in cluster.workers if w.ran_job(chat_id)], 10, 0.02, "a worker")
+        (second,) = [w for w in cluster.workers if w is not first]
+        wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 5, 10, 0.02, "some events")
+
+        first.signal(signal.SIGSTOP)  # stalled, not dead
+        try:
+            wait_until(lambda: get_chat(client, api.url, chat_id)["attempt"] == 2, 15, 0.05, "the hand-over")
+            wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 10, 10, 0.05, "the new attempt")
+        finally:
+            first.signal(signal.SIGCONT)
+        wait_until(lambda: "append refused (-1)" in first.log_text(), 10, 0.05, "the stalled attempt to be fenced")
+        assert get_chat(client, api.url, chat_id)["status"] == "running"
+        second.kill()  # the new owner dies: only the fenced-out job is left to carry the chat
+
+        reader.join(60)
+        assert not reader.is_alive(), "the stream never ended"
+        (read,) = result
+        state = get_chat(client, api.url, chat_id)
+    assert read.closed_by_server and read.events[-1][1] == "done"
+    ids = [e[0] for e in read.events]
+    assert ids == list(range(1, len(ids) + 1))
+    assert state["status"] == "done" and state["attempt"] == 3, state
+    assert state["text"] == expected_text(prompt, 500)
+    assert "taking the chat over" in first.log_text()
+    record("stalled worker: fenced out, then took its chat over when the new owner died; chat done after 3 attempts")
