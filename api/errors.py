@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import count_error
+
 log = logging.getLogger("tokenfan.api")
 
 
@@ -24,6 +26,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    count_error(code)
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -47,6 +50,7 @@ def install(app: FastAPI) -> None:
         ]
         message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details) or "invalid request"
         body = {"error": {"code": "invalid_request", "message": message, "details": details}}
+        count_error("invalid_request")
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

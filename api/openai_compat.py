@@ -96,14 +96,15 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import metrics
 from api.errors import ApiError, unavailable
 from api.hub import Hub, HubUnavailable
 from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
 from api.services import Services
+from api.streaming import EventSourceResponse
 from shared.events import Event, EventType, assemble_text
 from shared.store import FINISHED, LogExpired
 
@@ -194,8 +195,9 @@ class OpenAIRoute(APIRoute):
 
 # --- auth ------------------------------------------------------------------------
 
-# The API key dependency goes here when tokenfan has API keys (one line, e.g.
-# ``AUTH = [Depends(require_api_key)]``); it then guards every route below.
+# API keys, stream tokens (``?token=`` on the resume route) and the rate limit
+# are enforced in front of every route by api/guard.py, whose errors under
+# /v1/ come out in OpenAI's shape; route-level dependencies can still go here.
 AUTH: list[Any] = []
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute, dependencies=AUTH, tags=["openai"])
@@ -296,18 +298,23 @@ async def _chunks(hub: Hub, chat_id: str, after: int, encoder: ChunkEncoder) -> 
         log.warning("chat %s: hub unavailable", chat_id)
         yield _message(None, error_body(503, "unavailable", f"stream unavailable; {resume}"))
         return
+    stream = metrics.Stream(chat_id, after)
     try:
         async for event in sub:
             frames = encoder.frames(event)
             if frames:
                 yield frames
+            stream.sent(event)
     except LogExpired as exc:
+        stream.outcome = "log_expired"
         yield _message(None, error_body(410, "log_expired", str(exc)))
     except RedisError as exc:
+        stream.outcome = "redis_error"
         log.warning("chat %s: redis error while relaying (%s)", chat_id, exc)
         yield _message(None, error_body(503, "unavailable", f"Redis is unavailable; {resume}"))
     finally:
         hub.leave(sub)
+        stream.closed(sub.last_seq)
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -325,7 +332,13 @@ def _event_stream(
         ping_message_factory=lambda: HEARTBEAT,  # type: ignore[arg-type,return-value]  # bytes pass through
         send_timeout=settings.send_timeout_s,
         headers={"X-Chat-Id": chat_id},
+        # An API shutdown ends the stream like a Redis failure does (see above).
+        farewell=_message(None, error_body(503, "unavailable", f"server shutting down; {_resume_hint(chat_id)}")),
     )
+
+
+def _resume_hint(chat_id: str) -> str:
+    return f"resume with GET /v1/chat/completions/{chat_id}/stream and the last id received"
 
 
 # --- non-streaming -------------------------------------------------------------

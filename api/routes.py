@@ -8,13 +8,14 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
-from api import tokens
+from api import admission, auth, metrics, tokens
 from api.errors import ApiError, error_response, not_found, unavailable
 from api.relay import relay
 from api.schemas import ChatCreate, ChatCreated, ChatState, ErrorBody
 from api.services import Services
+from api.streaming import EventSourceResponse
 from shared import keys
 from shared.events import EventType, assemble_text
 from shared.store import ALREADY_FINISHED, FINISHED, terminal_meta
@@ -42,6 +43,7 @@ async def load_meta(services: Services, chat_id: str) -> dict[str, str]:
     meta = await services.store.meta(chat_id)
     if meta is None:
         raise not_found()
+    auth.check_owner(chat_id, meta)  # another key's chat: 404
     return meta
 
 
@@ -66,12 +68,14 @@ async def submit_chat(services: Services, body: ChatCreate, *, extra: dict[str, 
         "temperature": body.temperature,
         "system": body.system,
     }
+    await admission.admit(services, messages, body.system, model)  # 413 too many messages, 503 queue full
     chat_id = keys.new_chat_id()
-    await services.store.create(chat_id, stored, model=model)
+    await services.store.create(chat_id, stored, model=model, owner=auth.current_owner())
     job = await services.redis.enqueue_job("generate", chat_id, _job_id=chat_id, _queue_name=settings.queue_name)
     if job is None:  # cannot happen with fresh random ids; never report a chat that will not run
         raise unavailable("could not enqueue the chat")
     await services.redis.publish(keys.WORKERS_CHANNEL, "wake")
+    metrics.chat_submitted(chat_id, stored)
     return chat_id
 
 
@@ -104,7 +108,9 @@ async def stream_chat(
     # event, so a finished chat at or below `after` has nothing more to send.
     complete = meta["status"] in FINISHED and after >= last_seq
     return EventSourceResponse(
-        relay(services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete),
+        relay(
+            services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete, meta=meta
+        ),
         ping=settings.heartbeat_s,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         send_timeout=settings.send_timeout_s,

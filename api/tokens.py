@@ -16,7 +16,9 @@ def sign(secret: bytes, chat_id: str, ttl_s: int, now: float | None = None) -> s
 
 def verify(secret: bytes, chat_id: str, token: str, now: float | None = None) -> bool:
     expires_text, _, mac = token.partition(".")
-    if not expires_text.isdigit() or not mac:
+    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 12:
+        return False
+    if not mac or not mac.isascii():  # compare_digest takes ASCII str only
         return False
     expires = int(expires_text)
     if expires < (now or time.time()):

@@ -33,13 +33,14 @@ class Event:
     and shared by every client of the process (sse-starlette sends bytes
     untouched)."""
 
-    __slots__ = ("seq", "type", "data", "frame")
+    __slots__ = ("seq", "type", "data", "frame", "received")
 
     def __init__(self, seq: int, type: str, data: bytes) -> None:
         self.seq = seq
         self.type = type
         self.data = data  # compact JSON, never contains a newline
         self.frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type.encode(), data)
+        self.received = 0.0  # monotonic arrival from pub/sub, for sampled live events (api/metrics.py)
 
     def __repr__(self) -> str:
         return f"Event({self.seq}, {self.type!r}, {self.data!r})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,26 @@ class Settings(BaseSettings):
     max_tokens_limit: int = 8192
     max_prompt_chars: int = 100_000
 
+    # --- Upstream LLMs (providers "openai" and "anthropic") -------------------
+    # Unset: the SDKs' own OPENAI_BASE_URL / OPENAI_API_KEY and
+    # ANTHROPIC_BASE_URL / ANTHROPIC_API_KEY. TOKENFAN_MODEL is the default model.
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    # OpenAI's reasoning models take only "max_completion_tokens"; most
+    # compatible servers know "max_tokens".
+    openai_max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    openai_include_usage: bool = True  # stream_options.include_usage
+    anthropic_base_url: str | None = None
+    anthropic_api_key: str | None = None
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    # From the request to the first token, retries included: upstream_timeout after.
+    upstream_first_token_timeout_s: float = Field(60.0, gt=0)
+    # Longest silence between two pieces of a stream: upstream_timeout after.
+    upstream_read_timeout_s: float = Field(60.0, gt=0)
+    # Tries after the first, before the first token only (worker/providers/upstream.py).
+    upstream_retries: int = Field(2, ge=0)
+    upstream_retry_backoff_s: float = Field(0.5, ge=0)
+
     # --- Batching (worker) --------------------------------------------------
     batch_max_tokens: int = Field(5, ge=1)
     batch_max_delay_ms: float = Field(20.0, ge=0)
@@ -69,10 +90,36 @@ class Settings(BaseSettings):
     # shared by every API process of the deployment.
     secret: str | None = None
     stream_token_ttl_s: int = 24 * 3600
+    # Hardening (api/auth.py, api/guard.py, api/admission.py): comma-separated
+    # "[label=]sha256:<hex>" entries (or raw keys, hashed at start-up). Empty:
+    # the service runs open.
+    api_keys: str = ""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_messages: int = Field(256, ge=1)
+    # Per API key token bucket (every request but streams and health); 0: off.
+    rate_limit_per_s: float = Field(10.0, ge=0)
+    rate_limit_burst: int = Field(50, ge=1)
+    # POST /chat answers 503 while more chats than this wait unstarted; 0: off.
+    max_queued: int = Field(1000, ge=0)
+    queue_full_retry_after_s: int = Field(2, ge=1)
+    # The retry: sent to native streams closed by an API shutdown.
+    shutdown_retry_ms: int = Field(250, ge=0)
+    # Cancel a running chat no client has watched for this long; 0: off.
+    abandon_after_s: float = Field(0.0, ge=0)
+    # SIGTERM: a worker lets running generations finish for this long, then
+    # hands the rest back (resumed elsewhere with a reset).
+    worker_shutdown_grace_s: float = Field(5.0, ge=0)
 
     # --- API process --------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+
+    # --- Logs and metrics (shared/observability.py) --------------------------
+    # DEBUG also logs prompt text; "auto": JSON unless stderr is a terminal.
+    log_level: str = "INFO"
+    log_format: str = Field("auto", pattern="^(auto|json|text)$")
+    # How often each worker hands its metrics to the API's /metrics (via Redis).
+    worker_metrics_interval_s: float = Field(5.0, gt=0)
 
     @property
     def effective_redis_url(self) -> str:

@@ -477,8 +477,10 @@ def stream_request_args(last_event_id: int | str | None, via: str) -> dict[str, 
 
 
 def _event_of(sse: Any) -> Ev | None:
-    if sse.retry is not None and not sse.data:
-        return None  # the leading "retry:" block
+    if not sse.data:
+        # The leading "retry:" block, or a ": ping" heartbeat, which httpx-sse
+        # reports as an empty event carrying the previous id: not an event.
+        return None
     return (int(sse.id) if sse.id else -1, sse.event, sse.data)
 
 
@@ -505,7 +507,8 @@ def read_stream(
         for sse in es.iter_sse():
             ev = _event_of(sse)
             if ev is None:
-                out.retry = sse.retry
+                if sse.retry is not None:
+                    out.retry = sse.retry
                 continue
             out.events.append(ev)
             out.times.append(time.monotonic())
@@ -540,7 +543,8 @@ async def aread_stream(
         async for sse in es.aiter_sse():
             ev = _event_of(sse)
             if ev is None:
-                out.retry = sse.retry
+                if sse.retry is not None:
+                    out.retry = sse.retry
                 continue
             out.events.append(ev)
             out.times.append(time.monotonic())

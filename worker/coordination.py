@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.settings import Settings
+from worker import metrics
 from worker.generation import Generator
 
 log = logging.getLogger("tokenfan.worker")
@@ -82,7 +83,9 @@ class Coordinator:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.generator.store.renew_leases(self.generator.running, self.generator.lease_ms)
+                await self.generator.store.renew_leases(
+                    self.generator.running, self.generator.lease_ms, in_progress_key_prefix
+                )
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc)
 
@@ -95,5 +98,6 @@ class Coordinator:
                 log.warning("reaper failed: %s", exc)
                 continue
             if reaped:
+                metrics.LEASES_REAPED.inc(len(reaped))
                 log.warning("lease lapsed, handing on: %s", ", ".join(reaped))
                 self.work_available.set()

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from shared.events import EventType
 from shared.settings import Settings
 from shared.store import FENCED, ChatStore, terminal_meta
+from worker import metrics
 from worker.providers import ChatRequest, Finish, Provider, ProviderError
 
 log = logging.getLogger("tokenfan.worker")
@@ -62,6 +63,7 @@ class Generator:
 
     async def run(self, chat_id: str) -> None:
         claim = await self.store.claim(chat_id, self.lease_ms)
+        metrics.claimed(claim.attempt, claim.previous_status)
         if claim.attempt == 0:
             log.info("chat %s not run: %s", chat_id, claim.previous_status)
             return
@@ -78,6 +80,7 @@ class Generator:
                 # An earlier attempt streamed part of an answer: clients drop it.
                 reason = "worker_lost" if claim.previous_status == "running" else "retry"
                 await self._append(chat_id, attempt, [(EventType.RESET, {"attempt": attempt, "reason": reason})])
+                metrics.reset(reason)
             stored = await self.store.request(chat_id)
             if stored is None:
                 return  # expired while queued
@@ -104,10 +107,13 @@ class Generator:
         result = await self.store.append(chat_id, attempt, events, meta)
         if not result.accepted:
             raise _Refused(result.seq)
+        if terminal is not None:
+            metrics.terminal_appended(terminal, result.seq)
         return result
 
     async def _stream(self, chat_id: str, attempt: int, request: ChatRequest, cancel: asyncio.Event) -> None:
         settings = self.settings
+        metrics.provider_called()
         batch: list[str] = []
         wake = asyncio.Event()
         finish: Finish | None = None
@@ -156,6 +162,8 @@ class Generator:
                     batch_started = now
                 due = batch_started + settings.batch_max_delay_ms / 1000
                 if batch and (first_flush or len(batch) >= settings.batch_max_tokens or now >= due):
+                    if first_flush:
+                        metrics.first_token()
                     first_flush = False
                     pieces, batch[:] = self._tokens(batch), []
                     batch_started = 0.0
