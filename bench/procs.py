@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ import psutil
 import redis
 
 from tokenfan.embedded_redis import EmbeddedRedis, free_port
+from tokenfan.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -383,30 +383,3 @@ class CpuMeter:
         return {name: used / self.elapsed for name, used in self.used.items()} if self.elapsed else {}
 
 
-class Sampler:
-    """Calls ``fn`` every ``interval`` s in a thread until stopped (e.g. CLIENT
-    LIST or RSS during a scenario); keeps results, records errors."""
-
-    def __init__(self, fn: Callable[[], Any], interval: float = 0.5) -> None:
-        self.fn = fn
-        self.interval = interval
-        self.samples: list[Any] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self.fn())
-            except Exception as exc:  # noqa: BLE001
-                self.errors.append(exc)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +35,7 @@ import redis
 from httpx_sse import aconnect_sse, connect_sse
 
 from tokenfan.embedded_redis import child_preexec_fn, free_port
+from tokenfan.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts" / "e2e"
@@ -668,30 +668,3 @@ def record(line: str) -> None:
 # --- sampling ----------------------------------------------------------------
 
 
-class Sampler:
-    """Calls ``fn`` every ``interval`` s in a thread until stopped; keeps the
-    results (exceptions are recorded, not raised)."""
-
-    def __init__(self, fn: Callable[[], Any], interval: float = 0.02) -> None:
-        self.fn = fn
-        self.interval = interval
-        self.samples: list[Any] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self.fn())
-            except Exception as exc:  # noqa: BLE001
-                self.errors.append(exc)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
