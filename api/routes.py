@@ -103,14 +103,14 @@ async def stream_chat(
     meta = await load_meta(services, chat_id)
     last_seq = int(meta["last_seq"])
     if after > last_seq:
-        raise ApiError(400, "invalid_last_event_id", f"Last-Event-ID {after} is beyond this chat's last event ({last_seq})")
+        raise ApiError(
+            400, "invalid_last_event_id", f"Last-Event-ID {after} is beyond this chat's last event ({last_seq})"
+        )
     # Status and last_seq are set in the same atomic append as the terminal
     # event, so a finished chat at or below `after` has nothing more to send.
     complete = meta["status"] in FINISHED and after >= last_seq
     return EventSourceResponse(
-        relay(
-            services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete, meta=meta
-        ),
+        relay(services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete, meta=meta),
         ping=settings.heartbeat_s,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         send_timeout=settings.send_timeout_s,

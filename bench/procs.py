@@ -381,5 +381,3 @@ class CpuMeter:
     def utilisation(self) -> dict[str, float]:
         """Share of one core each process used over the window."""
         return {name: used / self.elapsed for name, used in self.used.items()} if self.elapsed else {}
-
-

@@ -102,9 +102,7 @@ class ChatStore:
         return AppendResult(int(seq), bool(cancelled))
 
     async def claim(self, chat_id: str, lease_ms: int) -> Claim:
-        status, attempt, last_seq = await self._claim(
-            keys=[keys.meta(chat_id), keys.RUNNING], args=[chat_id, lease_ms]
-        )
+        status, attempt, last_seq = await self._claim(keys=[keys.meta(chat_id), keys.RUNNING], args=[chat_id, lease_ms])
         return Claim(status.decode(), int(attempt), int(last_seq))
 
     async def renew_leases(self, chat_ids: Iterable[str], lease_ms: int, in_progress_prefix: str) -> None:

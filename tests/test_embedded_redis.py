@@ -81,7 +81,7 @@ def test_port_in_use_by_a_non_redis_listener_fails_clearly() -> None:
             server.start()
         assert time.monotonic() - started < 5, "the failure should be quick, not the start deadline"
         with pytest.raises(EmbeddedRedisError):
-            server.pid  # nothing was left running
+            _ = server.pid  # nothing was left running
 
 
 def test_port_in_use_by_another_redis_fails_clearly(redis_server: EmbeddedRedis) -> None:

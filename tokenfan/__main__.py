@@ -45,9 +45,7 @@ class _StopSignals:
     """Turns SIGINT/SIGTERM/SIGHUP into an event the main loop checks, and
     restores the previous handlers on exit."""
 
-    SIGNALS = tuple(
-        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-    )
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -225,9 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             if settings.redis_url is None:
                 try:
-                    redis = _start_embedded_redis(
-                        settings.embedded_redis_port, settings.data_dir / "redis"
-                    )
+                    redis = _start_embedded_redis(settings.embedded_redis_port, settings.data_dir / "redis")
                 except EmbeddedRedisError as exc:
                     _log(f"cannot start the embedded Redis: {exc}")
                     return 1
@@ -258,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(
                 f"\ntokenfan is running at {base_url} (API + {workers}). Try:\n\n"
                 f"  curl -s -X POST {base_url}/chat -H 'content-type: application/json' "
-                "-d '{\"prompt\":\"Hello\"}'\n"
+                '-d \'{"prompt":"Hello"}\'\n'
                 f"  curl -N {base_url}/chat/<id>/stream\n\n"
                 "Ctrl-C stops everything.\n",
                 flush=True,

@@ -72,9 +72,7 @@ class Generator:
         fenced = False
         try:
             if attempt > self.settings.max_attempts:
-                await self._append(
-                    chat_id, attempt, [], _error("worker_lost", f"gave up after {attempt - 1} attempts")
-                )
+                await self._append(chat_id, attempt, [], _error("worker_lost", f"gave up after {attempt - 1} attempts"))
                 return
             if claim.last_seq > 0:
                 # An earlier attempt streamed part of an answer: clients drop it.
@@ -236,4 +234,3 @@ async def _quietly(task: asyncio.Task) -> None:
             raise
     except Exception:  # noqa: BLE001 - its outcome was already decided
         pass
-

@@ -74,7 +74,8 @@ async def test_first_token_alone_then_batches_of_max_tokens(store):
 
     assert await token_texts(store, chat_id) == ["Hello", " 0 1 2 3 4", " 5 6"]
     assert (await texts(store, chat_id))[-1] == (
-        "done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 8}}
+        "done",
+        {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 8}},
     )
 
 
