@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -112,7 +112,9 @@ class Settings(BaseSettings):
 
     # --- API process --------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8000
+    # TOKENFAN_PORT, else PORT: Procfile runners (honcho, foreman, Heroku and
+    # its kin) hand each web process its port in $PORT.
+    port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("TOKENFAN_PORT", "PORT", "port"))
 
     # --- Logs and metrics (shared/observability.py) --------------------------
     # DEBUG also logs prompt text; "auto": JSON unless stderr is a terminal.

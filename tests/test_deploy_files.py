@@ -201,3 +201,31 @@ def test_the_web_page_is_packaged() -> None:
     for path in static:
         relative = path.relative_to(ROOT / "api")
         assert any(relative.match(pattern) for pattern in patterns), f"{relative} is not package data"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({"PORT": "{free}"}, "free"), ({"PORT": "{other}", "TOKENFAN_PORT": "{free}"}, "free")],
+    ids=["PORT", "TOKENFAN_PORT-wins"],
+)
+def test_the_procfile_api_listens_on_port(redis_url: str, env: dict[str, str], expected: str) -> None:
+    """Procfile runners (honcho, foreman, Heroku) hand the web process its port
+    in $PORT: the Procfile's own command listens there, unless TOKENFAN_PORT says otherwise."""
+    import httpx
+    from harness import Process, process_env, wait_until
+
+    from tokenfan.embedded_redis import free_port
+
+    ports = {"free": free_port(), "other": free_port()}
+    filled = {k: v.format(**ports) for k, v in env.items()}
+    assert PROCFILE["api"][:2] == ["python", "-m"]
+    proc = Process("api", PROCFILE["api"][2], process_env(redis_url, filled), label="api-port-env")
+    try:
+
+        def healthy() -> bool:
+            proc.check_alive()
+            return httpx.get(f"http://127.0.0.1:{ports[expected]}/healthz", timeout=2.0).status_code == 200
+
+        wait_until(healthy, 30, 0.05, f"{proc} on port {ports[expected]}", ignore=(httpx.TransportError,))
+    finally:
+        proc.stop()
