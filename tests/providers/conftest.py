@@ -64,6 +64,8 @@ class _Build:
 
 
 _build = _Build()
+_llamas: list[LlamaServer] = []  # every model server started, for the failure report
+_reported_dead: list[LlamaServer] = []
 
 
 def _in_this_folder(item: pytest.Item) -> bool:
@@ -117,6 +119,7 @@ def start_llama(llama_files) -> Iterator[Callable[..., LlamaServer]]:
     def start(name: str, port: int | None = None, wait: bool = True, **kw) -> LlamaServer:
         server = LlamaServer(llama_files, name, port, **kw)
         servers.append(server)
+        _llamas.append(server)
         return server.wait_ready() if wait else server
 
     try:
@@ -187,10 +190,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On failure, the tails of the tokenfan processes' logs."""
+    """On failure, the tails of the tokenfan processes' logs, and what became
+    of a model server that died (a crash says why, not only its exit code)."""
     outcome = yield
     report = outcome.get_result()
     if report.failed and _in_this_folder(item):
+        for server in _llamas:
+            code = server.popen.poll()
+            if code is not None and code != 0 and server not in _reported_dead:
+                _reported_dead.append(server)
+                report.sections.append((f"{server} {local_model.describe_exit(code)}", server.tail()))
         for cluster in ClusterFactory.active:
             for proc in cluster.processes:
                 report.sections.append((f"log of {proc} (alive={proc.alive()})", proc.tail(40)))

@@ -74,7 +74,7 @@ class LlamaServer:
     def wait_ready(self, timeout: float = 60.0) -> LlamaServer:
         def ready() -> bool:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{self} exited with code {self.popen.returncode}:\n{self.tail()}")
+                raise RuntimeError(f"{self} {local_model.describe_exit(self.popen.returncode)}:\n{self.tail()}")
             return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
 
         wait_until(ready, timeout, 0.05, f"{self} /health", ignore=(httpx.TransportError,))
