@@ -457,13 +457,14 @@ def cmd_local_model(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tokenfan.local_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["build", "paths"])
+    parser.add_argument("--nice", type=int, default=0, help="compile at this lower CPU priority (0-19)")
     args = parser.parse_args(argv)
     if args.command == "paths":
         print(f"cache:  {cache_root()}\nserver: {server_path()}\nmodel:  {model_path()}")
         return 0
     started = time.monotonic()
     try:
-        server, model = ensure_all()
+        server, model = ensure_all(niceness=args.nice)
     except LocalModelError as exc:
         _log(f"FAILED: {exc}")
         return 1
