@@ -86,6 +86,11 @@ class Generator:
         except _Refused as refused:
             fenced = refused.args[0] == FENCED
             log.info("chat %s attempt %d stopped: append refused (%s)", chat_id, attempt, refused.args[0])
+        except (RedisError, OSError):
+            raise  # Redis away: worker/resilience.py hands the job back
+        except Exception as exc:  # noqa: BLE001 - a bug (ours or a custom provider's) must still end the chat
+            log.exception("chat %s attempt %d failed", chat_id, attempt)
+            fenced = await self._fail(chat_id, attempt, exc)
         finally:
             if self.running.get(chat_id) is running:
                 del self.running[chat_id]
@@ -94,6 +99,23 @@ class Generator:
                     await self.store.release_lease(chat_id)
                 except RedisError as exc:  # the lease lapses by itself; the chat has ended
                     log.warning("chat %s: lease not released: %s", chat_id, exc)
+
+    async def _fail(self, chat_id: str, attempt: int, exc: Exception) -> bool:
+        """End the chat with ``internal_error`` after an unexpected exception
+        (left to arq, it would drop the job and leave the chat running with no
+        terminal event). Returns whether this attempt was fenced out."""
+        minimal = _error("internal_error", "the worker failed; see its log")  # encodes whatever happened
+        for describe in (lambda: _error("internal_error", f"{type(exc).__name__}: {exc}"[:500]), lambda: minimal):
+            try:
+                await self._append(chat_id, attempt, [], describe())
+                return False
+            except _Refused as refused:  # ended or taken over meanwhile: nothing to end
+                return refused.args[0] == FENCED
+            except (RedisError, OSError):
+                raise
+            except Exception:  # noqa: BLE001 - unencodable (orjson: TypeError) or undescribable
+                continue
+        return False
 
     async def _append(self, chat_id, attempt, events, terminal=None):
         """Append events (and maybe a terminal one, with its metadata) or raise _Refused."""
@@ -212,6 +234,8 @@ def _stamped_tokens(batch: list[str]) -> list[tuple[str, dict]]:
 
 
 def _error(code: str, message: str) -> tuple[str, dict]:
+    # A lone surrogate (a bad upstream decode) would make the event unencodable.
+    message = message.encode("utf-8", "replace").decode("utf-8")
     return (EventType.ERROR, {"code": code, "message": message})
 
 

@@ -12,7 +12,7 @@ from shared.settings import Settings
 from tests.integration.conftest import new_chat
 from tests.waiting import eventually
 from worker.generation import Generator
-from worker.providers import ProviderError
+from worker.providers import Finish, ProviderError
 from worker.providers.simulated import SimulatedProvider, answer_tokens
 
 pytestmark = pytest.mark.anyio
@@ -240,3 +240,56 @@ async def test_benchmarks_can_have_token_events_stamped(store):
     await Generator(store, SimulatedProvider(0, 0), make_settings(stamp_events=True)).run(chat_id)
     stamps = [e.payload()["ts"] for e in await store.events(chat_id) if e.type == "token"]
     assert stamps and all(before <= ts <= time.time() for ts in stamps)
+
+
+# --- issue 12, item 2: an exception that does not come out of the provider ---------
+
+
+async def _bytes_provider(request):
+    yield b"not text"  # "".join(batch) raises TypeError in the worker, not in the provider
+
+
+class _Unencodable:
+    pass
+
+
+async def _bad_usage_provider(request):
+    yield "fine"
+    yield Finish("stop", {"prompt_tokens": _Unencodable()})  # orjson cannot encode it
+
+
+@pytest.mark.parametrize("provider", [_bytes_provider, _bad_usage_provider], ids=["bytes", "usage"])
+async def test_an_unexpected_exception_ends_the_chat_with_internal_error(store, redis, provider):
+    chat_id = await new_chat(store)
+    await asyncio.wait_for(Generator(store, provider, make_settings()).run(chat_id), timeout=5)
+
+    events = await texts(store, chat_id)
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "internal_error", events
+    assert (await store.meta(chat_id))["status"] == "error"
+    assert await redis.zscore("tf:running", chat_id) is None  # its lease is released
+
+
+async def test_an_unencodable_error_message_is_made_encodable(store):
+    provider = ScriptedProvider()
+    chat_id = await new_chat(store)
+    provider.feed(RuntimeError("upstream said \udcff"))  # a lone surrogate: orjson refuses it
+    await asyncio.wait_for(Generator(store, provider, make_settings()).run(chat_id), timeout=5)
+
+    events = await texts(store, chat_id)
+    assert events[-1] == ("error", {"code": "provider_error", "message": "RuntimeError: upstream said ?"})
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise ValueError("no text for you")
+
+
+async def test_an_error_that_cannot_be_described_falls_back_to_a_minimal_event(store):
+    provider = ScriptedProvider()
+    chat_id = await new_chat(store)
+    provider.feed("partial", _Unprintable())
+    await asyncio.wait_for(Generator(store, provider, make_settings()).run(chat_id), timeout=5)
+
+    events = await texts(store, chat_id)
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "internal_error", events
+    assert (await store.meta(chat_id))["status"] == "error"
