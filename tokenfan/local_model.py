@@ -409,8 +409,8 @@ def wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float = 60.0) -
 def cmd_local_model(args: argparse.Namespace) -> int:
     """``python -m tokenfan local-model``: llama-server on loopback, then ``run``
     with the ``openai`` provider pointed at it."""
-    from tokenfan.__main__ import cmd_run
     from tokenfan.embedded_redis import child_preexec_fn, free_port
+    from tokenfan.launcher import cmd_run
 
     try:
         server, model = ensure_all()
