@@ -32,6 +32,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
@@ -197,9 +198,37 @@ class Hub:
         return sum(len(c.subscribers) for c in self._channels.values())
 
     # --- clients -----------------------------------------------------------
+    @asynccontextmanager
+    async def subscribe(self, chat_id: str, after: int) -> AsyncIterator[Subscription]:
+        """``async with hub.subscribe(chat_id, after) as sub: async for event in sub``.
+
+        Entering registers the client and waits until its chat's channel is
+        live (``HubUnavailable`` when that takes longer than
+        ``subscribe_timeout_s``). Leaving, however it happens (the end of the
+        stream, an error, the client going away, even while still waiting for
+        the confirmation), unregisters it, and unsubscribes the channel when it
+        was the chat's last local client."""
+        sub = self.join_nowait(chat_id, after)
+        try:
+            await self._confirmed(sub)
+            yield sub
+        finally:
+            self.leave(sub)
+
     async def join(self, chat_id: str, after: int) -> Subscription:
-        """Register a client and wait until its chat's channel is live. The
-        caller must ``leave`` it (use it in a ``try/finally``)."""
+        """Register a client and wait until its channel is live; the caller
+        must ``leave`` it. Prefer ``subscribe``, which leaves by itself."""
+        sub = self.join_nowait(chat_id, after)
+        try:
+            await self._confirmed(sub)
+        except BaseException:  # a timeout, or the caller cancelled while waiting
+            self.leave(sub)
+            raise
+        return sub
+
+    def join_nowait(self, chat_id: str, after: int) -> Subscription:
+        """Register a client (SUBSCRIBE for the chat's first local client);
+        its channel may not be live yet."""
         channel = keys.live(chat_id).encode()
         sub = Subscription(self, chat_id, after, self.queue_size)
         state = self._channels.get(channel)
@@ -209,12 +238,14 @@ class Hub:
                 self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
                 self._command("SUBSCRIBE", channel)
         state.subscribers.add(sub)
+        return sub
+
+    async def _confirmed(self, sub: Subscription) -> None:
+        state = self._channels[keys.live(sub.chat_id).encode()]
         try:
             await asyncio.wait_for(state.confirmed.wait(), self.subscribe_timeout_s)
         except TimeoutError:
-            self.leave(sub)
             raise HubUnavailable("pub/sub subscription not confirmed in time") from None
-        return sub
 
     def leave(self, sub: Subscription) -> None:
         channel = keys.live(sub.chat_id).encode()

@@ -98,15 +98,15 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import metrics
 from api.errors import ApiError, unavailable
 from api.hub import Hub, HubUnavailable
 from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
+from api.relay import check_last_event_id, relay_events
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
 from api.services import Services
 from api.streaming import EventSourceResponse
 from shared.events import Event, EventType, assemble_text
-from shared.store import FINISHED, LogExpired
+from shared.store import LogExpired
 
 log = logging.getLogger("tokenfan.api")
 
@@ -290,31 +290,21 @@ def _message(seq: int | None, payload: dict[str, Any]) -> bytes:
     return data.join((b"data: ", b"\n\n")) if seq is None else b"id: %d\ndata: %s\n\n" % (seq, data)
 
 
-async def _chunks(hub: Hub, chat_id: str, after: int, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
-    resume = f"resume with GET /v1/chat/completions/{chat_id}/stream and the last id received"
-    try:
-        sub = await hub.join(chat_id, after)
-    except HubUnavailable:
-        log.warning("chat %s: hub unavailable", chat_id)
-        yield _message(None, error_body(503, "unavailable", f"stream unavailable; {resume}"))
-        return
-    stream = metrics.Stream(chat_id, after)
-    try:
-        async for event in sub:
-            frames = encoder.frames(event)
-            if frames:
-                yield frames
-            stream.sent(event)
-    except LogExpired as exc:
-        stream.outcome = "log_expired"
-        yield _message(None, error_body(410, "log_expired", str(exc)))
-    except RedisError as exc:
-        stream.outcome = "redis_error"
-        log.warning("chat %s: redis error while relaying (%s)", chat_id, exc)
-        yield _message(None, error_body(503, "unavailable", f"Redis is unavailable; {resume}"))
-    finally:
-        hub.leave(sub)
-        stream.closed(sub.last_seq)
+class _ChunkStream:
+    """The relay's encoding for the OpenAI stream (api/relay.py): chunks, and
+    failures as ``error`` payloads without an ``id`` (see the module docstring)."""
+
+    def __init__(self, chat_id: str, encoder: ChunkEncoder) -> None:
+        self.encoder = encoder
+        self.resume = _resume_hint(chat_id)
+
+    def events(self, batch: list[Event]) -> bytes:
+        return b"".join(self.encoder.frames(event) for event in batch)
+
+    def failure(self, code: str, message: str) -> bytes:
+        if code == "unavailable":  # transient: the client resumes
+            return _message(None, error_body(503, code, f"{message}; {self.resume}"))
+        return _message(None, error_body(410, code, message))  # log_expired: resuming cannot help
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -327,7 +317,7 @@ def _event_stream(
 ) -> EventSourceResponse:
     settings = services.settings
     return EventSourceResponse(
-        _empty() if complete else _chunks(services.hub, chat_id, after, encoder),
+        _empty() if complete else relay_events(services.hub, chat_id, after, _ChunkStream(chat_id, encoder)),
         ping=settings.heartbeat_s,
         ping_message_factory=lambda: HEARTBEAT,  # type: ignore[arg-type,return-value]  # bytes pass through
         send_timeout=settings.send_timeout_s,
@@ -345,11 +335,8 @@ def _resume_hint(chat_id: str) -> str:
 
 
 async def _until_terminal(hub: Hub, chat_id: str) -> list[Event]:
-    sub = await hub.join(chat_id, 0)
-    try:
+    async with hub.subscribe(chat_id, 0) as sub:
         return [event async for event in sub]  # ends after the terminal event
-    finally:
-        hub.leave(sub)
 
 
 async def _client_gone(request: Request) -> None:
@@ -425,12 +412,7 @@ async def resume_chat_completion(
     services = services_of(request)
     after = parse_last_event_id(request.headers.get("last-event-id", last_event_id))
     meta = await load_meta(services, chat_id)
-    last_seq = int(meta["last_seq"])
-    if after > last_seq:
-        raise ApiError(
-            400, "invalid_last_event_id", f"Last-Event-ID {after} is beyond this chat's last event ({last_seq})"
-        )
-    complete = meta["status"] in FINISHED and after >= last_seq
+    complete = check_last_event_id(after, meta)
     return _event_stream(services, chat_id, after, ChunkEncoder(chat_id, meta), complete=complete)
 
 

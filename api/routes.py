@@ -12,7 +12,7 @@ from sse_starlette import ServerSentEvent
 
 from api import admission, auth, metrics, tokens
 from api.errors import ApiError, error_response, not_found, unavailable
-from api.relay import relay
+from api.relay import check_last_event_id, relay
 from api.schemas import ChatCreate, ChatCreated, ChatState, ErrorBody
 from api.services import Services
 from api.streaming import EventSourceResponse
@@ -101,14 +101,7 @@ async def stream_chat(
     # there while the URL still holds the one the page started with.
     after = parse_last_event_id(request.headers.get("last-event-id", last_event_id))
     meta = await load_meta(services, chat_id)
-    last_seq = int(meta["last_seq"])
-    if after > last_seq:
-        raise ApiError(
-            400, "invalid_last_event_id", f"Last-Event-ID {after} is beyond this chat's last event ({last_seq})"
-        )
-    # Status and last_seq are set in the same atomic append as the terminal
-    # event, so a finished chat at or below `after` has nothing more to send.
-    complete = meta["status"] in FINISHED and after >= last_seq
+    complete = check_last_event_id(after, meta)
     return EventSourceResponse(
         relay(services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete, meta=meta),
         ping=settings.heartbeat_s,

@@ -54,14 +54,10 @@ class Writer:
 
 
 async def read_all(hub: Hub, chat_id: str, after: int = 0, timeout: float = 10) -> list[int]:
-    sub = await hub.join(chat_id, after)
     seqs = []
-    try:
-        async with asyncio.timeout(timeout):
-            async for event in sub:
-                seqs.append(event.seq)
-    finally:
-        hub.leave(sub)
+    async with hub.subscribe(chat_id, after) as sub, asyncio.timeout(timeout):
+        async for event in sub:
+            seqs.append(event.seq)
     return seqs
 
 
