@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+import redis
+
 __all__ = [
     "DataDirInUse",
     "EmbeddedRedis",
@@ -90,61 +92,31 @@ def port_is_free(port: int, host: str = HOST) -> bool:
         return True
 
 
-# --- A minimal RESP client, for readiness checks without redis-py ------------
+# --- Readiness checks (redis-py, one short-lived connection each) -------------
 
 
-def _encode(*args: str) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for arg in args:
-        data = arg.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+def _client(port: int) -> redis.Redis:
+    return redis.Redis(host=HOST, port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
-def _command(port: int, *args: str, timeout: float = 0.5) -> bytes | str | None:
-    """Send one command; return a simple/bulk reply as bytes, an error reply as
-    str (``-ERR ...``), or None if nothing Redis-like answered."""
+def _answers_ping(port: int) -> bool | None:
+    """True: PONG. False: a Redis that refuses (an error reply, NOAUTH). None:
+    nothing Redis-like answered."""
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(_encode(*args))
-            buf = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return None
-                buf += chunk
-                if b"\r\n" not in buf:
-                    continue
-                head, _, rest = buf.partition(b"\r\n")
-                kind, body = head[:1], head[1:]
-                if kind == b"+":
-                    return body
-                if kind == b"-":
-                    return "-" + body.decode(errors="replace")
-                if kind == b"$":
-                    size = int(body)
-                    if size < 0:
-                        return b""
-                    if len(rest) >= size + 2:
-                        return rest[:size]
-                    continue
-                return None
-    except (OSError, ValueError):
+        with _client(port) as client:
+            return bool(client.ping())
+    except (redis.AuthenticationError, redis.ResponseError):
+        return False
+    except (redis.RedisError, OSError):
         return None
-
-
-def _ping(port: int) -> bytes | str | None:
-    return _command(port, "PING")
 
 
 def _server_pid(port: int) -> int | None:
-    reply = _command(port, "INFO", "server")
-    if not isinstance(reply, bytes):
+    try:
+        with _client(port) as client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
         return None
-    for line in reply.decode(errors="replace").splitlines():
-        if line.startswith("process_id:"):
-            return int(line.split(":", 1)[1])
-    return None
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -295,8 +267,7 @@ class EmbeddedRedis:
     def _check_port(self) -> None:
         if port_is_free(self.port):
             return
-        reply = _ping(self.port)
-        if reply == b"PONG" or (isinstance(reply, str) and reply.startswith("-")):
+        if _answers_ping(self.port) is not None:
             raise EmbeddedRedisError(
                 f"port {self.port} on {HOST} is already used by another Redis server "
                 "(it answers PING); stop it, choose another port "
@@ -367,8 +338,8 @@ class EmbeddedRedis:
                     f"redis-server exited with code {code} while starting on port "
                     f"{self.port}; log {self.log_path}:\n{_tail(self.log_path)}"
                 )
-            last = _ping(self.port)
-            if last == b"PONG":
+            last = _answers_ping(self.port)
+            if last:
                 # Make sure the answer came from our process, not another
                 # server that grabbed the port first.
                 server_pid = _server_pid(self.port)
@@ -382,7 +353,7 @@ class EmbeddedRedis:
             if time.monotonic() >= deadline:
                 raise EmbeddedRedisError(
                     f"redis-server (pid {self._proc.pid}) did not answer PING on port "
-                    f"{self.port} within {START_DEADLINE_S:.0f} s (last reply: {last!r}); "
+                    f"{self.port} within {START_DEADLINE_S:.0f} s (last PING answered: {last}); "
                     f"log {self.log_path}:\n{_tail(self.log_path)}"
                 )
             time.sleep(POLL_INTERVAL_S)
