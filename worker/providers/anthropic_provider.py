@@ -17,10 +17,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
+import orjson
 
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish
-from worker.providers.upstream import Attempt, StreamEndedEarly, UpstreamPolicy, UpstreamProvider
+from worker.providers.upstream import (
+    Attempt,
+    StreamEndedEarly,
+    UpstreamProvider,
+    policy_of,
+    sdk_client,
+    sse_data,
+)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
@@ -30,18 +38,8 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 def build(settings: Settings) -> UpstreamProvider:
     api_key = settings.anthropic_api_key or os.environ.get("ANTHROPIC_API_KEY")
-    if not api_key:
-        raise ValueError(
-            "the anthropic provider needs an API key: set ANTHROPIC_API_KEY or TOKENFAN_ANTHROPIC_API_KEY "
-            "(any non-empty value for a local server that checks none)"
-        )
     base_url = settings.anthropic_base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
-    client = anthropic.AsyncAnthropic(
-        api_key=api_key,
-        base_url=base_url,
-        max_retries=0,  # the retry policy is upstream.py's
-        timeout=anthropic.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s),
-    )
+    client = sdk_client(anthropic, "AsyncAnthropic", settings, api_key, base_url, "ANTHROPIC")
 
     async def stream(request: ChatRequest, attempt: Attempt) -> AsyncIterator[str | Finish]:
         system = [request.system] if request.system else []
@@ -58,46 +56,46 @@ def build(settings: Settings) -> UpstreamProvider:
             # In the body, not as a keyword: anthropic 2.x has no ``temperature`` argument
             # (recent models fix it), while older models and other servers honour it.
             params["extra_body"] = {"temperature": request.temperature}
-        response = await client.messages.create(stream=True, **params)
-        attempt.opened = True
-        async with response:  # closing it closes the connection: the server stops generating
+        # Leaving the block closes the connection: the server stops generating.
+        async with client.messages.with_streaming_response.create(stream=True, **params) as response:
+            attempt.opened = True
             stop_reason: str | None = None
             input_tokens = output_tokens = None
-            async for event in response:
-                kind = event.type
+            async for data in sse_data(response.iter_bytes()):
+                event = orjson.loads(data)
+                kind = event.get("type")
                 if kind == "content_block_delta":
-                    if event.delta.type == "text_delta" and event.delta.text:
-                        yield event.delta.text
+                    delta = event.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield delta["text"]
                 elif kind == "message_start":
-                    input_tokens = _input_tokens(event.message.usage)
-                    output_tokens = event.message.usage.output_tokens
+                    usage = (event.get("message") or {}).get("usage") or {}
+                    input_tokens = _input_tokens(usage)
+                    output_tokens = usage.get("output_tokens")
                 elif kind == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    if event.usage is not None:
-                        output_tokens = event.usage.output_tokens
-                        input_tokens = _input_tokens(event.usage) or input_tokens
+                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                    usage = event.get("usage")
+                    if usage:
+                        output_tokens = usage.get("output_tokens", output_tokens)
+                        input_tokens = _input_tokens(usage) or input_tokens
+                elif kind == "message_stop":
+                    break
+                elif kind == "error":
+                    raise anthropic.APIError("error in the stream", response.http_request, body=event)
             if stop_reason is None:
                 raise StreamEndedEarly("the stream ended without a stop_reason")
-            usage = None
+            usage_out = None
             if input_tokens is not None and output_tokens is not None:
-                usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens}
-            yield Finish(_FINISH.get(stop_reason, stop_reason), usage)
+                usage_out = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens}
+            yield Finish(_FINISH.get(stop_reason, stop_reason), usage_out)
 
-    policy = UpstreamPolicy(
-        first_token_timeout_s=settings.upstream_first_token_timeout_s,
-        retries=settings.upstream_retries,
-        retry_backoff_s=settings.upstream_retry_backoff_s,
-    )
-    return UpstreamProvider("anthropic", anthropic, base_url, stream, policy)
+    return UpstreamProvider("anthropic", anthropic, base_url, stream, policy_of(settings))
 
 
-def _input_tokens(usage: Any) -> int | None:
+def _input_tokens(usage: dict[str, Any]) -> int | None:
     """The whole prompt: Anthropic counts tokens read from or written to its
     prompt cache apart from ``input_tokens``."""
-    parts = [
-        getattr(usage, name, None)
-        for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    ]
+    parts = [usage.get(name) for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
     if parts[0] is None:
         return None
     return sum(p for p in parts if p)

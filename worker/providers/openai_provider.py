@@ -16,10 +16,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
+import orjson
 
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish
-from worker.providers.upstream import Attempt, StreamEndedEarly, UpstreamPolicy, UpstreamProvider
+from worker.providers.upstream import (
+    Attempt,
+    StreamEndedEarly,
+    UpstreamProvider,
+    policy_of,
+    sdk_client,
+    sse_data,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -29,18 +37,8 @@ _FINISH = {"stop": "stop", "length": "length"}
 
 def build(settings: Settings) -> UpstreamProvider:
     api_key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY")
-    if not api_key:
-        raise ValueError(
-            "the openai provider needs an API key: set OPENAI_API_KEY or TOKENFAN_OPENAI_API_KEY "
-            "(any non-empty value for a local server that checks none)"
-        )
     base_url = settings.openai_base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    client = openai.AsyncOpenAI(
-        api_key=api_key,
-        base_url=base_url,
-        max_retries=0,  # the retry policy is upstream.py's
-        timeout=openai.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s),
-    )
+    client = sdk_client(openai, "AsyncOpenAI", settings, api_key, base_url, "OPENAI")
     token_param = settings.openai_max_tokens_param
     include_usage = settings.openai_include_usage
 
@@ -53,29 +51,32 @@ def build(settings: Settings) -> UpstreamProvider:
             params["temperature"] = request.temperature
         if include_usage:
             params["stream_options"] = {"include_usage": True}
-        response = await client.chat.completions.create(stream=True, **params)
-        attempt.opened = True
-        async with response:  # closing it closes the connection: the server stops generating
+        # Leaving the block closes the connection: the server stops generating.
+        async with client.chat.completions.with_streaming_response.create(stream=True, **params) as response:
+            attempt.opened = True
             finish_reason: str | None = None
             usage: dict[str, int] | None = None
-            async for chunk in response:
-                if chunk.usage is not None:
+            async for data in sse_data(response.iter_bytes()):
+                if data == b"[DONE]":
+                    break
+                chunk = orjson.loads(data)
+                if chunk.get("error"):
+                    raise openai.APIError("error in the stream", response.http_request, body=chunk)
+                if chunk.get("usage"):
                     usage = {
-                        "prompt_tokens": chunk.usage.prompt_tokens,
-                        "completion_tokens": chunk.usage.completion_tokens,
+                        "prompt_tokens": chunk["usage"].get("prompt_tokens"),
+                        "completion_tokens": chunk["usage"].get("completion_tokens"),
                     }
-                for choice in chunk.choices[:1]:
-                    if choice.delta is not None and choice.delta.content:
-                        yield choice.delta.content
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
+                choices = chunk.get("choices")
+                if choices:
+                    choice = choices[0]
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        yield content
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
             if finish_reason is None:
                 raise StreamEndedEarly("the stream ended without a finish_reason")
             yield Finish(_FINISH.get(finish_reason, finish_reason), usage)
 
-    policy = UpstreamPolicy(
-        first_token_timeout_s=settings.upstream_first_token_timeout_s,
-        retries=settings.upstream_retries,
-        retry_backoff_s=settings.upstream_retry_backoff_s,
-    )
-    return UpstreamProvider("openai", openai, base_url, stream, policy)
+    return UpstreamProvider("openai", openai, base_url, stream, policy_of(settings))

@@ -23,6 +23,11 @@ server may still be working on the first try), nor is any other 4xx. Once a
 token has been yielded nothing is retried: the error ends the chat. The SDKs'
 own retries are off (``max_retries=0``), so this is the whole policy.
 
+Parsing: the SDKs open the request (auth, base URL, headers, status errors)
+and hand back the raw response; the providers read its server-sent events
+with ``sse_data`` and orjson. The SDKs' own stream readers build pydantic
+models for every chunk, most of the CPU a token costs.
+
 Cancel: closing the provider's iterator (or cancelling the task iterating it)
 closes the SDK stream, which closes the HTTP connection; a model server stops
 generating for a client that has gone.
@@ -36,6 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish, ProviderError
 
 log = logging.getLogger("tokenfan.worker.upstream")
@@ -72,6 +78,51 @@ class UpstreamPolicy:
     first_token_timeout_s: float = 60.0
     retries: int = 2
     retry_backoff_s: float = 0.5
+
+
+def policy_of(settings: Settings) -> UpstreamPolicy:
+    return UpstreamPolicy(
+        first_token_timeout_s=settings.upstream_first_token_timeout_s,
+        retries=settings.upstream_retries,
+        retry_backoff_s=settings.upstream_retry_backoff_s,
+    )
+
+
+def sdk_client(sdk: Any, client_class: str, settings: Settings, api_key: str | None, base_url: str, env: str) -> Any:
+    """An SDK client with tokenfan's timeouts and no retries of its own (the
+    policy above is the whole retry policy). ``env`` names the SDK's variables."""
+    if not api_key:
+        raise ValueError(
+            f"the {sdk.__name__} provider needs an API key: set {env}_API_KEY or TOKENFAN_{env}_API_KEY "
+            "(any non-empty value for a local server that checks none)"
+        )
+    return getattr(sdk, client_class)(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=sdk.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s),
+    )
+
+
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The data of each server-sent event in a byte stream. Event names, ids
+    and comments are dropped: both APIs say the type inside the JSON."""
+    buffer = b""
+    data: list[bytes] = []
+    async for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    yield data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    if data:
+        yield b"\n".join(data)
 
 
 class UpstreamFailure(ProviderError):
