@@ -38,6 +38,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from api import metrics
+from api.liveness import CHAT_EXPIRED, Liveness
 from shared import keys
 from shared.events import Event
 from shared.store import ChatStore
@@ -49,6 +50,16 @@ HOME_CHANNEL = b"tf:hub"  # keeps the connection in subscribed mode at all times
 
 class HubUnavailable(Exception):
     """The pub/sub connection could not confirm a subscription in time."""
+
+
+class ChatEnded(Exception):
+    """The chat can no longer send events (its metadata expired): the stream
+    ends with an ``error`` whose ``code`` says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class _Channel:
@@ -71,6 +82,7 @@ class Subscription:
         self._queue_size = queue_size
         self._must_read_log = True  # step 2 of the join
         self._wake = asyncio.Event()
+        self._ended: ChatEnded | None = None
         self.log_reads = 0
         self.overflows = 0
 
@@ -88,6 +100,11 @@ class Subscription:
 
     def _resync(self) -> None:
         self._must_read_log = True
+        self._wake.set()
+
+    def _end(self, ended: ChatEnded) -> None:
+        """No event will ever come: stop once what is queued has been sent."""
+        self._ended = ended
         self._wake.set()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
@@ -143,6 +160,8 @@ class Subscription:
                     if batch[-1].terminal:
                         return
                 continue
+            if self._ended is not None:
+                raise ChatEnded(self._ended.code, self._ended.message)
             self._wake.clear()
             await self._wake.wait()
 
@@ -156,12 +175,17 @@ class Hub:
         queue_size: int = 256,
         subscribe_timeout_s: float = 5.0,
         keepalive_s: float = 5.0,
+        liveness: Liveness | None = None,
+        liveness_s: float = 15.0,
     ) -> None:
         self._connection_factory = connection_factory
         self.store = store
         self.queue_size = queue_size
         self.subscribe_timeout_s = subscribe_timeout_s
         self.keepalive_s = keepalive_s
+        self.liveness = liveness
+        self.liveness_s = liveness_s
+        self._watch: asyncio.Task | None = None
         self._channels: dict[bytes, _Channel] = {}
         # SUBSCRIBE commands sent on the current connection and not yet
         # confirmed, per channel. A channel is live for a new client only when
@@ -178,14 +202,17 @@ class Hub:
     # --- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._run(), name="tokenfan-hub-reader")
+        if self.liveness is not None:
+            self._watch = asyncio.create_task(self._watch_liveness(), name="tokenfan-hub-liveness")
 
     async def stop(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
+        for task in (self._watch, self._reader):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if self._conn:
             await self._conn.disconnect(nowait=True)
 
@@ -256,6 +283,29 @@ class Hub:
         if not state.subscribers:
             del self._channels[channel]
             self._command("UNSUBSCRIBE", channel)
+
+    # --- liveness (api/liveness.py) -----------------------------------------
+    async def _watch_liveness(self) -> None:
+        """Every ``liveness_s`` (the heartbeat), check the chats this process's
+        clients watch; end the streams of those that can never get an event."""
+        assert self.liveness is not None
+        while True:
+            await asyncio.sleep(self.liveness_s)
+            chat_ids = [keys.chat_id_of_channel(channel) for channel in self._channels]
+            if not chat_ids:
+                continue
+            try:
+                expired = await self.liveness.check(chat_ids)
+            except (RedisError, OSError) as exc:
+                log.warning("liveness check failed: %s", exc)
+                continue
+            except Exception:
+                log.exception("liveness check failed")
+                continue
+            for chat_id in expired:
+                state = self._channels.get(keys.live(chat_id).encode())
+                for sub in state.subscribers if state else ():
+                    sub._end(ChatEnded(CHAT_EXPIRED, "this chat has expired: it can send no more events"))
 
     # --- the connection ----------------------------------------------------
     def _command(self, *args: bytes | str) -> None:

@@ -99,7 +99,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import ApiError, unavailable
-from api.hub import Hub, HubUnavailable
+from api.hub import ChatEnded, Hub, HubUnavailable
 from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
 from api.relay import check_last_event_id, relay_events
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
@@ -304,7 +304,7 @@ class _ChunkStream:
     def failure(self, code: str, message: str) -> bytes:
         if code == "unavailable":  # transient: the client resumes
             return _message(None, error_body(503, code, f"{message}; {self.resume}"))
-        return _message(None, error_body(410, code, message))  # log_expired: resuming cannot help
+        return _message(None, error_body(410, code, message))  # log_expired, chat_expired: resuming cannot help
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -373,6 +373,8 @@ async def _complete(request: Request, services: Services, chat_id: str, encoder:
         raise unavailable("the chat's events are unavailable; try again") from None
     except LogExpired as exc:
         raise OpenAIError(500, "log_expired", str(exc), headers=headers) from None
+    except ChatEnded as exc:
+        raise OpenAIError(500, exc.code, exc.message, headers=headers) from None
     last = events[-1]
     if last.type == EventType.ERROR:
         data = last.payload()

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from api import metrics
 from api.errors import ApiError
-from api.hub import Hub, HubUnavailable
+from api.hub import ChatEnded, Hub, HubUnavailable
 from shared.events import Event, error_frame
 from shared.store import FINISHED, LogExpired
 
@@ -27,7 +27,8 @@ class Encoding(Protocol):
     def failure(self, code: str, message: str) -> bytes:
         """The last words of a stream that ends without its terminal event
         (b"": close silently). ``code`` is ``unavailable`` (transient: the
-        client resumes) or ``log_expired``."""
+        client resumes), ``log_expired``, or a liveness code of the hub
+        (``chat_expired``)."""
         ...
 
 
@@ -79,6 +80,9 @@ async def relay_events(
             except LogExpired as exc:
                 stream.outcome = "log_expired"
                 failure = encoding.failure("log_expired", str(exc))
+            except ChatEnded as exc:
+                stream.outcome = exc.code
+                failure = encoding.failure(exc.code, exc.message)
             except RedisError as exc:
                 stream.outcome = "redis_error"
                 log.warning("chat %s: redis error while relaying (%s); closing so the client retries", chat_id, exc)

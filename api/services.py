@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool
 
 from api.hub import Hub
+from api.liveness import Liveness
 from shared import keys
 from shared.settings import Settings
 from shared.store import ChatStore
@@ -48,7 +49,14 @@ class Services:
         hub_pool = ConnectionPool.from_url(
             url, socket_connect_timeout=settings.redis_timeout_s, client_name=f"{name}-hub"
         )
-        hub = Hub(hub_pool.make_connection, store, queue_size=settings.client_queue_size)
+        hub = Hub(
+            hub_pool.make_connection,
+            store,
+            queue_size=settings.client_queue_size,
+            # Streams whose chat can no longer finish end, checked at heartbeat cadence.
+            liveness=Liveness(store, grace_s=settings.stall_grace_s),
+            liveness_s=settings.heartbeat_s,
+        )
         return cls(settings, redis, store, hub)
 
     async def stream_secret(self) -> bytes:

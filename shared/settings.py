@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     client_queue_size: int = Field(256, ge=1)
     # A client whose socket accepts nothing for this long is cut loose.
     send_timeout_s: float = 30.0
+    # A chat nothing can run any more (no job, no lease) for this long, on
+    # two heartbeats in a row, is ended with an error (api/liveness.py).
+    stall_grace_s: float = Field(10.0, ge=0)
 
     # --- Security -----------------------------------------------------------
     # Signs stream tokens. Unset: one random secret is created in Redis and
