@@ -62,8 +62,12 @@ class _Counts:
     )
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.chats_created = 0
+        self.streams_opened = 0
+        self.streams_closed = 0
+        self.replays_served = 0
+        self.events_replayed = 0
+        self.slow_client_fallbacks = 0
 
 
 class _LoopHistogram:

@@ -154,7 +154,7 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(argv: Sequence[str], log_path: Path, what: str, niceness: int = 0) -> None:
+def _run(argv: Sequence[str | os.PathLike[str]], log_path: Path, what: str, niceness: int = 0) -> None:
     if niceness and shutil.which("nice"):
         argv = ["nice", "-n", str(niceness), *argv]
     with open(log_path, "ab") as log:
@@ -170,7 +170,8 @@ def _run(argv: Sequence[str], log_path: Path, what: str, niceness: int = 0) -> N
 
 
 def _pip_download(requirement: str, dest: Path, log_path: Path, sdist: bool = False) -> Path:
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", dest]
+    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "pip", "download", "--no-deps"]
+    argv += ["--disable-pip-version-check", "-d", dest]
     if sdist:
         argv += ["--no-binary", requirement.split("==")[0]]
     _run([*argv, requirement], log_path, f"pip download {requirement}")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +145,7 @@ class Attempt:
 
 
 # One try: request in, text pieces then one Finish out; raises the SDK's exceptions.
-StreamFn = Callable[[ChatRequest, Attempt], AsyncIterator["str | Finish"]]
+StreamFn = Callable[[ChatRequest, Attempt], AsyncGenerator["str | Finish"]]
 
 
 class UpstreamProvider:
@@ -180,9 +180,10 @@ class UpstreamProvider:
                 failure = UpstreamFailure(DISCONNECTED, f"{self.name}: the stream ended without any output", True)
             except Exception as exc:  # noqa: BLE001 - classified below; unknown ones re-raised
                 await pieces.aclose()
-                failure = self.classify(exc, attempt, started=False)
-                if failure is None:
+                classified = self.classify(exc, attempt, started=False)
+                if classified is None:
                     raise
+                failure = classified
             else:
                 break
             backoff = policy.retry_backoff_s * 2**tries
@@ -208,10 +209,10 @@ class UpstreamProvider:
             async for piece in pieces:
                 yield piece
         except Exception as exc:  # noqa: BLE001
-            failure = self.classify(exc, attempt, started=True)
-            if failure is None:
+            late = self.classify(exc, attempt, started=True)
+            if late is None:
                 raise
-            raise failure from None
+            raise late from None
         finally:
             await pieces.aclose()
 
