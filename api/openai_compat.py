@@ -23,8 +23,9 @@ One SSE message per log event, ``id:`` the event's seq, ``data:`` a
   A worker died and the answer restarts from its beginning; see below.
 - ``done``   -> an empty ``delta`` with ``finish_reason``; then, when the
   request set ``stream_options.include_usage``, a chunk with ``choices: []``
-  and ``usage``; then ``data: [DONE]``. These messages all carry the done
-  event's id and are written in one piece.
+  and ``usage``; then ``data: [DONE]``. They are written in one piece, and only
+  ``[DONE]`` carries the done event's id: a client cut before it resumes with
+  the previous id and gets the whole end again (its finish chunk twice).
 - ``error``  -> ``data: {"error": {"message", "type": "server_error", "param", "code"}}``
   (the SDKs raise ``APIError`` on it), then the stream closes without ``[DONE]``.
 
@@ -212,9 +213,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: _ERROR_DOC for code in (400, 4
 
 
 def _usage(data: dict[str, Any]) -> dict[str, int]:
-    usage = data.get("usage") or {}
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _count(value: Any) -> int:
+    """A token count as OpenAI's types want it: an upstream may leave it null
+    (or worse); 0 then, never an exception that kills every resume."""
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _finish(data: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -252,11 +264,13 @@ class ChunkEncoder:
             "system_fingerprint": None,
         }
 
-    def _chunk(self, seq: int, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
+    def _chunk(
+        self, seq: int, delta: dict[str, Any], finish_reason: str | None = None, *, with_id: bool = True, **extra: Any
+    ) -> bytes:
         if seq == 1:
             delta = {"role": "assistant", **delta}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return _message(seq, {**self._head("chat.completion.chunk"), "choices": [choice], **extra})
+        return _message(seq if with_id else None, {**self._head("chat.completion.chunk"), "choices": [choice], **extra})
 
     def frames(self, event: Event) -> bytes:
         """The SSE message(s) of one event; b"" for a type this code does not know."""
@@ -267,11 +281,15 @@ class ChunkEncoder:
             reset = {"attempt": data.get("attempt"), "reason": data.get("reason")}
             return self._chunk(event.seq, {}, tokenfan_reset=reset)
         if event.type == EventType.DONE:
+            # Only the last message carries the done event's id: a client cut
+            # after the finish or usage chunk still holds the previous id, and
+            # its resume sends the whole end again (an empty-delta finish chunk
+            # twice is harmless; a lost usage chunk or [DONE] is not).
             finish_reason, extra = _finish(data)
-            out = self._chunk(event.seq, {}, finish_reason, **extra)
+            out = self._chunk(event.seq, {}, finish_reason, with_id=False, **extra)
             if self.include_usage:
                 usage_chunk = {**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(data)}
-                out += _message(event.seq, usage_chunk)
+                out += _message(None, usage_chunk)
             return out + b"id: %d\ndata: [DONE]\n\n" % event.seq
         if event.type == EventType.ERROR:
             code = data.get("code", "error")
