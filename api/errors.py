@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import count_error
+from shared.store import LogExpired
 
 log = logging.getLogger("tokenfan.api")
 
@@ -57,6 +58,11 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(LogExpired)
+    async def _log_expired(request: Request, exc: LogExpired) -> JSONResponse:
+        # MAXLEN trimmed events the answer needs: say so rather than a partial text (or a 500).
+        return error_response(410, "log_expired", str(exc))
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:

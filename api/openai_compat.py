@@ -185,6 +185,8 @@ class OpenAIRoute(APIRoute):
             except StarletteHTTPException as exc:
                 code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
                 return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+            except LogExpired as exc:
+                return error_response(410, "log_expired", str(exc))
             except RedisError as exc:
                 log.warning("redis error on %s %s: %s", request.method, request.url.path, exc)
                 return error_response(

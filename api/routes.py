@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from api.streaming import EventSourceResponse
 from shared import keys
 from shared.events import EventType, assemble_text
 from shared.store import ALREADY_FINISHED, FINISHED, terminal_meta
+
+log = logging.getLogger("tokenfan.api")
 
 router = APIRouter()
 
@@ -74,7 +77,12 @@ async def submit_chat(services: Services, body: ChatCreate, *, extra: dict[str, 
     job = await services.redis.enqueue_job("generate", chat_id, _job_id=chat_id, _queue_name=settings.queue_name)
     if job is None:  # cannot happen with fresh random ids; never report a chat that will not run
         raise unavailable("could not enqueue the chat")
-    await services.redis.publish(keys.WORKERS_CHANNEL, "wake")
+    try:
+        await services.redis.publish(keys.WORKERS_CHANNEL, "wake")
+    except (RedisError, OSError) as exc:
+        # The chat is enqueued: answering 503 now would have a retrying client
+        # run it twice. The workers' poll picks it up without the nudge.
+        log.warning("chat %s enqueued, but the workers' wake-up failed: %s", chat_id, exc)
     metrics.chat_submitted(chat_id, stored)
     return chat_id
 
