@@ -33,8 +33,8 @@ from typing import Any
 import psutil
 import redis
 
+from bench.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 from tokenfan.embedded_redis import EmbeddedRedis, free_port
-from tokenfan.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

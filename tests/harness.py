@@ -34,8 +34,8 @@ import psutil
 import redis
 from httpx_sse import aconnect_sse, connect_sse
 
+from bench.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 from tokenfan.embedded_redis import child_preexec_fn, free_port
-from tokenfan.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts" / "e2e"
