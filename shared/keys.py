@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import uuid
 
+from arq.constants import in_progress_key_prefix
+
 _CHAT_ID = re.compile(r"[0-9a-f]{32}")
 
 # Global keys (not per chat).
@@ -36,6 +38,11 @@ def live(chat_id: str) -> str:
 
 def cancel(chat_id: str) -> str:
     return f"tf:{{{chat_id}}}:cancel"
+
+
+def in_progress(chat_id: str) -> str:
+    """arq's in-progress key of the chat's job (the job id is the chat id)."""
+    return in_progress_key_prefix + chat_id
 
 
 def chat_id_of_channel(channel: bytes) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from arq.constants import abort_jobs_ss, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from shared import keys, scripts
@@ -51,6 +52,8 @@ class ChatStore:
         self._claim = redis.register_script(scripts.CLAIM)
         self._renew = redis.register_script(scripts.RENEW)
         self._reap = redis.register_script(scripts.REAP)
+        self._finish_job = redis.register_script(scripts.FINISH_JOB)
+        self._release = redis.register_script(scripts.RELEASE)
 
     # --- metadata ----------------------------------------------------------
     async def create(self, chat_id: str, request: dict[str, Any], *, model: str, owner: str = "") -> None:
@@ -88,30 +91,67 @@ class ChatStore:
         attempt: int,
         events: Iterable[tuple[str, dict[str, Any]]],
         meta: dict[str, str] | None = None,
+        *,
+        lease_ms: int = 0,
     ) -> AppendResult:
+        """``lease_ms`` > 0: renew the attempt's lease too (in the same script)."""
         events = list(events)
-        args: list[Any] = [attempt, self.ttl_s, self.maxlen, len(events)]
+        args: list[Any] = [attempt, self.ttl_s, self.maxlen, lease_ms, chat_id, len(events)]
         for etype, data in events:
             args += (etype, encode(data))
         for field, value in (meta or {}).items():
             args += (field, value)
         seq, cancelled = await self._append(
-            keys=[keys.meta(chat_id), keys.log(chat_id), keys.live(chat_id), keys.cancel(chat_id)],
+            keys=[
+                keys.meta(chat_id),
+                keys.log(chat_id),
+                keys.live(chat_id),
+                keys.cancel(chat_id),
+                keys.RUNNING,
+                keys.in_progress(chat_id),
+            ],
             args=args,
         )
         return AppendResult(int(seq), bool(cancelled))
 
     async def claim(self, chat_id: str, lease_ms: int) -> Claim:
-        status, attempt, last_seq = await self._claim(keys=[keys.meta(chat_id), keys.RUNNING], args=[chat_id, lease_ms])
+        status, attempt, last_seq = await self._claim(
+            keys=[keys.meta(chat_id), keys.RUNNING, keys.in_progress(chat_id)], args=[chat_id, lease_ms]
+        )
         return Claim(status.decode(), int(attempt), int(last_seq))
 
-    async def renew_leases(self, chat_ids: Iterable[str], lease_ms: int, in_progress_prefix: str) -> None:
-        chat_ids = list(chat_ids)
-        if chat_ids:
-            await self._renew(keys=[keys.RUNNING], args=[lease_ms, in_progress_prefix, *chat_ids])
+    async def renew_leases(self, held: Iterable[tuple[str, int]], lease_ms: int, in_progress_prefix: str) -> list[str]:
+        """Renew the leases of ``(chat_id, attempt)`` pairs (attempt 0: picked
+        up, not claimed yet); returns the chats another attempt owns now."""
+        script_keys, args = renew_arguments(held, lease_ms, in_progress_prefix)
+        if len(script_keys) == 1:
+            return []
+        return [i.decode() for i in await self._renew(keys=script_keys, args=args)]
 
-    async def release_lease(self, chat_id: str) -> None:
-        await self.redis.zrem(keys.RUNNING, chat_id)
+    async def finish_job(self, queue_name: str, job_id: str, attempt: int, incr_score: int = 0) -> int:
+        """arq's end of one run of a chat's job, fenced on the attempt
+        (scripts.FINISH_JOB): 0 left to the attempt that owns it, 1 finished,
+        2 handed back."""
+        return int(
+            await self._finish_job(
+                keys=[
+                    keys.meta(job_id),
+                    keys.in_progress(job_id),
+                    job_key_prefix + job_id,
+                    retry_key_prefix + job_id,
+                    queue_name,
+                    abort_jobs_ss,
+                ],
+                args=[job_id, attempt, incr_score],
+            )
+        )
+
+    async def release_lease(self, chat_id: str, attempt: int | None = None) -> None:
+        """Drop the chat's lease; with ``attempt``, only while that attempt owns the chat."""
+        if attempt is None:
+            await self.redis.zrem(keys.RUNNING, chat_id)
+        else:
+            await self._release(keys=[keys.meta(chat_id), keys.RUNNING], args=[chat_id, attempt])
 
     async def reap_lapsed(self, in_progress_prefix: str, limit: int = 100) -> list[str]:
         ids = await self._reap(keys=[keys.RUNNING], args=[in_progress_prefix, limit])
@@ -152,6 +192,18 @@ class ChatStore:
 
     async def text(self, chat_id: str) -> str:
         return assemble_text(await self.events(chat_id))
+
+
+def renew_arguments(
+    held: Iterable[tuple[str, int]], lease_ms: int, in_progress_prefix: str
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of scripts.RENEW (also called from a worker's renewal thread)."""
+    script_keys: list[str] = [keys.RUNNING]
+    args: list[Any] = [lease_ms, in_progress_prefix]
+    for chat_id, attempt in held:
+        script_keys.append(keys.meta(chat_id))
+        args += (chat_id, attempt)
+    return script_keys, args
 
 
 def _event_of_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:

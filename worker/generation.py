@@ -35,6 +35,8 @@ log = logging.getLogger("tokenfan.worker")
 class _Running:
     attempt: int
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    fenced: bool = False  # the lease renewal found that another attempt owns the chat
+    wake: asyncio.Event | None = None  # the generation loop's wake-up, while it streams
 
 
 class _Refused(Exception):
@@ -49,6 +51,14 @@ class Generator:
         self.provider = provider
         self.settings = settings
         self.running: dict[str, _Running] = {}
+        # Chats whose lease this process renews: chat id -> attempt (0: picked
+        # up, not claimed yet). ``held`` is an immutable copy, read by the
+        # renewal thread (worker/coordination.py).
+        self._jobs: dict[str, int] = {}
+        self.held: tuple[tuple[str, int], ...] = ()
+        # The attempt each job run of this process claimed, for arq's end of
+        # the run (worker/settings.py: TokenfanWorker.finish_job).
+        self.claimed_attempts: dict[str, int] = {}
         self.cancel_poll_s = 1.0
         self._tokens = _stamped_tokens if settings.stamp_events else _tokens
 
@@ -61,14 +71,43 @@ class Generator:
         if running is not None:
             running.cancel.set()
 
+    def fenced(self, chat_id: str, attempt: int | None = None) -> None:
+        """Another attempt owns the chat (seen by the lease renewal): stop now
+        rather than at the next append, which a silent provider may never make."""
+        running = self.running.get(chat_id)
+        if running is not None and attempt in (None, running.attempt):
+            running.fenced = True
+            if running.wake is not None:
+                running.wake.set()
+
+    def job_picked(self, chat_id: str) -> None:
+        """arq started the chat's job here: keep its in-progress key until the claim."""
+        self._hold(chat_id, self._jobs.get(chat_id, 0))
+
+    def job_ended(self, chat_id: str) -> int:
+        """arq ends the job's run here: the attempt it claimed (0: none)."""
+        self._release(chat_id)
+        return self.claimed_attempts.pop(chat_id, 0)
+
+    def _hold(self, chat_id: str, attempt: int) -> None:
+        self._jobs[chat_id] = attempt
+        self.held = tuple(self._jobs.items())
+
+    def _release(self, chat_id: str) -> None:
+        if self._jobs.pop(chat_id, None) is not None:
+            self.held = tuple(self._jobs.items())
+
     async def run(self, chat_id: str) -> None:
         claim = await self.store.claim(chat_id, self.lease_ms)
         metrics.claimed(claim.attempt, claim.previous_status)
         if claim.attempt == 0:
             log.info("chat %s not run: %s", chat_id, claim.previous_status)
+            self._release(chat_id)
             return
         attempt = claim.attempt
         running = self.running[chat_id] = _Running(attempt)
+        self.claimed_attempts[chat_id] = attempt
+        self._hold(chat_id, attempt)
         fenced = False
         try:
             if attempt > self.settings.max_attempts:
@@ -82,7 +121,7 @@ class Generator:
             stored = await self.store.request(chat_id)
             if stored is None:
                 return  # expired while queued
-            await self._stream(chat_id, attempt, ChatRequest.from_stored(stored), running.cancel)
+            await self._stream(chat_id, attempt, ChatRequest.from_stored(stored), running)
         except _Refused as refused:
             fenced = refused.args[0] == FENCED
             log.info("chat %s attempt %d stopped: append refused (%s)", chat_id, attempt, refused.args[0])
@@ -94,10 +133,12 @@ class Generator:
         finally:
             if self.running.get(chat_id) is running:
                 del self.running[chat_id]
+                self._release(chat_id)
             if not fenced:  # a fenced attempt's lease belongs to the new attempt
                 try:
-                    await self.store.release_lease(chat_id)
-                except RedisError as exc:  # the lease lapses by itself; the chat has ended
+                    # Fenced in Redis too: we may have been taken over without knowing.
+                    await self.store.release_lease(chat_id, attempt)
+                except (RedisError, OSError) as exc:  # the lease lapses by itself
                     log.warning("chat %s: lease not released: %s", chat_id, exc)
 
     async def _fail(self, chat_id: str, attempt: int, exc: Exception) -> bool:
@@ -124,18 +165,20 @@ class Generator:
         if terminal is not None:
             events.append(terminal)
             meta = terminal_meta(*terminal)
-        result = await self.store.append(chat_id, attempt, events, meta)
+        # Every non-final append renews the lease too (no extra round trip).
+        result = await self.store.append(chat_id, attempt, events, meta, lease_ms=0 if terminal else self.lease_ms)
         if not result.accepted:
             raise _Refused(result.seq)
         if terminal is not None:
             metrics.terminal_appended(terminal, result.seq)
         return result
 
-    async def _stream(self, chat_id: str, attempt: int, request: ChatRequest, cancel: asyncio.Event) -> None:
+    async def _stream(self, chat_id: str, attempt: int, request: ChatRequest, running: _Running) -> None:
         settings = self.settings
         metrics.provider_called()
         batch: list[str] = []
-        wake = asyncio.Event()
+        cancel = running.cancel
+        wake = running.wake = asyncio.Event()
         finish: Finish | None = None
         completion_tokens = 0
 
@@ -161,6 +204,8 @@ class Generator:
         try:
             while True:
                 now = time.monotonic()
+                if running.fenced:
+                    raise _Refused(FENCED)
                 if cancel.is_set():
                     producer.cancel()
                     await _quietly(producer)

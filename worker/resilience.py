@@ -28,17 +28,21 @@ still ``running``, and nobody ever finishes it. So:
 
 **Two attempts at once.** The reaper hands a chat on when its lease lapses;
 if the worker that held it was only stalled (a long pause, a network
-partition, a SIGSTOP), it wakes up and is fenced out by the new attempt. Its
-``generate`` then returned normally and arq completed the job, deleting it
-from the queue while the new attempt still ran: if that one's worker died
-next, nothing was left to hand on and the chat never ended. Now a job whose
-attempt returns without the chat having ended keeps the job (and its
-in-progress key) alive while another attempt holds the chat's lease, and
-takes the chat over itself (a new attempt, after a ``reset``) if that lease
-lapses; it ends once the chat has ended. arq's ``max_tries`` is kept well
-above ``max_attempts`` (``arq_max_tries``): a start that dies before its
-claim counts for arq but not for our attempts, and arq giving up first would
-drop the job without ending the chat.
+partition, a SIGSTOP), it wakes up and is fenced out by the new attempt: its
+next append is refused, or its lease renewal finds another attempt owning the
+chat. Both runs are runs of one arq job (the job id is the chat id), and
+share its keys (queue entry, job key, in-progress key). So arq's end of a
+run is fenced on the attempt (``TokenfanWorker.finish_job``,
+shared/scripts.py ``FINISH_JOB``): a run whose attempt no longer owns the
+chat leaves the job's keys alone (they belong to the run that took over), and
+a run that owns the chat never deletes the job while the chat has not ended
+(an arq ``job_timeout``, a failure): it hands it back. So a job lives exactly
+as long as its chat runs, whatever mix of stalls, SIGTERMs and SIGKILLs its
+runs meet, and every hand-on goes through arq's own queue: one run, one
+attempt. arq's ``max_tries`` is kept well above ``max_attempts``
+(``arq_max_tries``): a start that dies before its claim counts for arq but
+not for our attempts, and arq giving up first would drop the job without
+ending the chat.
 
 **Abandoned chats** (``abandon_after_s`` > 0, off by default): every second,
 one ``PUBSUB NUMSUB`` tells how many API processes are subscribed to each
@@ -56,14 +60,12 @@ import logging
 import time
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
 from arq.worker import Retry, Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
 from shared.settings import Settings
-from shared.store import FINISHED
 
 log = logging.getLogger("tokenfan.worker")
 
@@ -110,37 +112,13 @@ async def wait_for_redis(redis: Redis, timeout_s: float = REDIS_WAIT_S) -> bool:
 async def run_generation(ctx: dict[str, Any], chat_id: str) -> None:
     generator = ctx["generator"]
     try:
-        while True:
-            await generator.run(chat_id)
-            if not await _held_elsewhere_until_taken_over(ctx["redis"], chat_id, generator.settings):
-                return
-            log.warning("chat %s: the attempt that fenced this one is gone; taking the chat over", chat_id)
-    except (RedisError, ConnectionError) as exc:
+        await generator.run(chat_id)
+    except (RedisError, OSError) as exc:
         log.warning("chat %s: Redis failed mid-generation (%r); handing the job back", chat_id, exc)
         back = await wait_for_redis(ctx["redis"])
         if not back:
             log.warning("chat %s: Redis still away; its lease will hand it on", chat_id)
         raise Retry(defer=0) from exc
-
-
-async def _held_elsewhere_until_taken_over(redis: Redis, chat_id: str, settings: Settings) -> bool:
-    """After an attempt returned: False once the chat has ended (or is gone),
-    True when it has not and no live attempt holds its lease any more. Until
-    then this job stays alive, keeping its in-progress key, so that arq
-    neither completes nor restarts it."""
-    lease_ms = int(settings.lease_s * 1000)
-    while True:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.meta(chat_id), "status")
-            pipe.zscore(keys.RUNNING, chat_id)
-            pipe.time()
-            status, lease_until, (seconds, micros) = await pipe.execute()
-        if status is None or status.decode() in FINISHED:
-            return False
-        if lease_until is None or lease_until < seconds * 1000 + micros // 1000:
-            return True
-        await redis.pexpire(in_progress_key_prefix + chat_id, lease_ms)
-        await asyncio.sleep(settings.lease_s / 3)
 
 
 # --- start and stop --------------------------------------------------------------

@@ -121,6 +121,44 @@ class TokenfanWorker(Worker):
                 running = await pipe.execute()
             job_ids = [j for j, r in zip(job_ids, running, strict=True) if not r]
         await super().start_jobs(job_ids)
+        generator = self.ctx.get("generator")
+        if generator is not None:
+            for j in job_ids:  # started here: keep the in-progress key alive until the claim
+                if _running(self.tasks.get(j.decode())):
+                    generator.job_picked(j.decode())
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        # Several runs of one job can be alive at once (a stalled worker's and
+        # the one that took its chat over); arq's own finish would let any of
+        # them delete the job's keys from under the others. Fenced on the
+        # attempt instead (worker/resilience.py, shared/scripts.py FINISH_JOB).
+        generator = self.ctx.get("generator")
+        if generator is None or keep_in_progress is not None:
+            return await super().finish_job(
+                job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
+            )
+        attempt = generator.job_ended(job_id)
+        outcome = await generator.store.finish_job(self.queue_name, job_id, attempt, incr_score or 0)
+        if outcome == 0:
+            log.info("chat %s: attempt %d was taken over; the job stays with the new attempt", job_id, attempt)
+        elif outcome == 2 and finish:
+            log.warning("chat %s: arq ended the job but the chat runs on; handed back", job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        # A run arq failed before it started (max tries, job key gone): not ours to renew any more.
+        generator = self.ctx.get("generator")
+        if generator is not None:
+            generator.job_ended(job_id)
+        await super().finish_failed_job(job_id, result_data)
 
 
 def _running(task: asyncio.Task | None) -> bool:

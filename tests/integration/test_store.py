@@ -125,12 +125,14 @@ async def test_a_lapsed_lease_hands_the_job_on(store, redis):
 
     reaped = await eventually(lambda: store.reap_lapsed(in_progress_key_prefix))
 
-    assert reaped == [lapsed]
+    assert lapsed in reaped and alive not in reaped  # other tests may leave lapsed leases in this db
     assert not await redis.exists(in_progress_key_prefix + lapsed)
     assert await redis.exists(in_progress_key_prefix + alive)
     # A late renewal by the presumed-dead worker does not take the lease back.
-    await store.renew_leases([lapsed, alive], lease_ms=60_000, in_progress_prefix=in_progress_key_prefix)
+    held = [(lapsed, 1), (alive, 1)]
+    await store.renew_leases(held, lease_ms=60_000, in_progress_prefix=in_progress_key_prefix)
     assert await redis.zscore(keys.RUNNING, lapsed) is None
+    assert not await redis.exists(in_progress_key_prefix + lapsed)
     await store.release_lease(alive)
     await redis.delete(in_progress_key_prefix + alive)
 
@@ -149,10 +151,28 @@ async def test_claims_race_to_one_owner(store):
 async def test_renewal_keeps_arqs_in_progress_key_alive_for_one_lease(store, redis):
     """A worker killed between arq's pickup and the claim holds no lease; the
     in-progress key itself must then lapse within a lease, not after job_timeout."""
-    chat_id = await new_chat(store)
-    await store.claim(chat_id, lease_ms=60_000)
+    chat_id, picked = await new_chat(store), await new_chat(store)
+    claim = await store.claim(chat_id, lease_ms=60_000)
     await redis.set(in_progress_key_prefix + chat_id, 1, px=500)
-    await store.renew_leases([chat_id], lease_ms=30_000, in_progress_prefix=in_progress_key_prefix)
-    assert 20_000 < await redis.pttl(in_progress_key_prefix + chat_id) <= 30_000
+    await redis.set(in_progress_key_prefix + picked, 1, px=500)  # picked up by arq, not claimed yet
+    held = [(chat_id, claim.attempt), (picked, 0)]
+    assert await store.renew_leases(held, lease_ms=30_000, in_progress_prefix=in_progress_key_prefix) == []
+    for c in (chat_id, picked):
+        assert 20_000 < await redis.pttl(in_progress_key_prefix + c) <= 30_000
     await store.release_lease(chat_id)
+    await redis.delete(in_progress_key_prefix + chat_id, in_progress_key_prefix + picked)
+
+
+async def test_renewal_and_release_are_fenced_on_the_attempt(store, redis):
+    chat_id = await new_chat(store)
+    stale = await store.claim(chat_id, lease_ms=60_000)
+    newer = await store.claim(chat_id, lease_ms=1_000)
+    await redis.set(in_progress_key_prefix + chat_id, 1, px=1_000)
+    lost = await store.renew_leases([(chat_id, stale.attempt)], 60_000, in_progress_key_prefix)
+    assert lost == [chat_id]
+    assert await redis.pttl(in_progress_key_prefix + chat_id) <= 1_000
+    await store.release_lease(chat_id, stale.attempt)
+    assert await redis.zscore(keys.RUNNING, chat_id) is not None  # the new attempt's lease stays
+    await store.release_lease(chat_id, newer.attempt)
+    assert await redis.zscore(keys.RUNNING, chat_id) is None
     await redis.delete(in_progress_key_prefix + chat_id)
