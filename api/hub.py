@@ -46,6 +46,7 @@ from shared.store import ChatStore
 log = logging.getLogger("tokenfan.hub")
 
 HOME_CHANNEL = b"tf:hub"  # keeps the connection in subscribed mode at all times
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0  # between reconnect attempts
 
 
 class HubUnavailable(Exception):
@@ -198,6 +199,7 @@ class Hub:
         self._reader: asyncio.Task | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self._worked = False  # the current connection has confirmed a subscription
 
     # --- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -322,11 +324,11 @@ class Hub:
             pass  # the reader sees the broken connection and reconnects
 
     async def _run(self) -> None:
-        backoff = 0.05
+        backoff = BACKOFF_MIN_S
         while True:
+            self._worked = False
             try:
                 await self._connect_and_read()
-                backoff = 0.05
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -342,8 +344,13 @@ class Hub:
             if conn is not None:
                 await conn.disconnect(nowait=True)
             self.reconnects += 1
+            if self._worked:
+                # The connection had been serving (Redis confirmed a
+                # subscription on it): this drop is news, not a server still
+                # refusing us. Only failed attempts in a row back off.
+                backoff = BACKOFF_MIN_S
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _connect_and_read(self) -> None:
         conn = self._connection_factory()
@@ -387,6 +394,7 @@ class Hub:
                 sub._push(event)
         elif kind == b"subscribe":
             channel = response[1]
+            self._worked = True
             left = self._unconfirmed.get(channel, 0) - 1
             if left > 0:
                 self._unconfirmed[channel] = left
