@@ -31,7 +31,8 @@ import hmac
 import re
 import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -113,12 +114,15 @@ def bearer_key(authorization: bytes | None) -> str | None:
 # --- the current request -------------------------------------------------------
 
 
-def set_identity(identity: Identity | None) -> None:
-    _identity.set(identity)
-
-
-def current_identity() -> Identity | None:
-    return _identity.get()
+@contextmanager
+def acting_as(identity: Identity | None) -> Iterator[None]:
+    """The identity of the request being served, for ``current_owner`` and
+    ``check_owner`` (set by the guard middleware around the app)."""
+    token = _identity.set(identity)
+    try:
+        yield
+    finally:
+        _identity.reset(token)
 
 
 def current_owner() -> str:

@@ -120,11 +120,8 @@ class Guard:
         if openai and path == COMPLETIONS_PATH and scope["method"] == "POST":
             send = self._with_stream_token(scope, send)
 
-        reset = auth._identity.set(identity)
-        try:
+        with auth.acting_as(identity):
             await self.app(scope, receive, send)
-        finally:
-            auth._identity.reset(reset)
 
     async def _authenticate(self, scope: Scope, path: str) -> auth.Identity:
         stream = STREAM_PATH.fullmatch(path)

@@ -58,10 +58,6 @@ class RateLimiter:
         self.burst = burst
         self._take = redis.register_script(TAKE)
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
-
     async def take(self, key: str, cost: int = 1) -> Verdict:
         allowed, wait_ms = await self._take(keys=[PREFIX + key], args=[self.rate, self.burst, cost])
         if int(allowed):

@@ -61,10 +61,6 @@ class ChatContext:
 _current: ContextVar[ChatContext | None] = ContextVar("tokenfan_chat", default=None)
 
 
-def current_chat() -> ChatContext | None:
-    return _current.get()
-
-
 def bind_chat(chat_id: str, attempt: int | None = None) -> ChatContext:
     """Make every log record of the current task (and of tasks it starts from
     now on) carry this chat. For a task that serves one chat only (an SSE

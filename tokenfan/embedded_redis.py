@@ -169,7 +169,6 @@ class EmbeddedRedis:
         persistent: bool = True,
     ) -> None:
         self.port: int = port if port is not None else free_port()
-        self._requested_port = port
         self.persistent = persistent
         self._own_dir = data_dir is None and not persistent
         if data_dir is None and persistent:
