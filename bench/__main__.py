@@ -22,7 +22,7 @@ from importlib import metadata
 import orjson
 
 from bench.context import Context
-from bench.procs import REPO, RESULTS, Run, raise_fd_limit
+from bench.procs import PEER, REPO, RESULTS, Run, raise_fd_limit
 from bench.stats import Row, table
 
 SCENARIOS = {
@@ -53,6 +53,17 @@ def _versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "-"
+    # The peer's side (bench/peer): Node, and what its lock file pins.
+    try:
+        out["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out["node"] = "-"
+    try:
+        packages = orjson.loads((PEER / "package-lock.json").read_bytes())["packages"]
+        for name in ("resumable-stream", "redis"):
+            out[f"npm:{name}"] = packages.get(f"node_modules/{name}", {}).get("version", "-")
+    except (OSError, ValueError, KeyError):
+        pass
     return out
 
 
@@ -141,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         run.close()
 
+    if ctx.peer_skipped:
+        rows.append(Row("peer", f"SKIPPED: {ctx.peer_skipped.splitlines()[0]}"))
     header = _header(args.quick, load_before, os.getloadavg())
     print()
     print(

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import psutil
 import redis
 
-from bench.procs import Run
+from bench.procs import Run, prepare_peer
 
 T = TypeVar("T")
 
@@ -27,12 +27,25 @@ class Context:
     profile: bool = False
     details: dict[str, Any] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
+    # Why the peer (bench/peer) cannot run, once checked; "" when it can.
+    peer_skipped: str | None = None
 
     def scale(self, full: T, quick: T) -> T:
         return quick if self.quick else full
 
     def log(self, message: str) -> None:
         print(f"[bench {time.monotonic() - self.t0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def has_peer(self) -> bool:
+        """Whether the peer runs in this benchmark (checked, and npm ci run
+        when needed, on the first call). Without Node it is skipped, said
+        once here and once in the table."""
+        if self.peer_skipped is None:
+            self.log("peer: checking Node and bench/peer/node_modules (npm ci on first use)")
+            self.peer_skipped = prepare_peer(self.run) or ""
+            if self.peer_skipped:
+                self.log(f"peer SKIPPED, the benchmark runs without it: {self.peer_skipped}")
+        return not self.peer_skipped
 
     def redis(self) -> redis.Redis:
         return self.run.redis()

@@ -1,6 +1,7 @@
 """The processes a benchmark run starts: one embedded Redis for the whole run,
-and per scenario a ``Stack`` of API processes, workers and the direct
-baseline, all real processes on loopback.
+and per scenario a ``Stack`` of API processes, workers, the direct baseline
+and the peer (Vercel's resumable-stream on Node, ``bench/peer``), all real
+processes on loopback.
 
 Every child gets its own environment (no ``TOKENFAN_*`` variable leaks in from
 the caller; the working directory is the run's log folder, so no ``.env`` is
@@ -17,6 +18,7 @@ and its own log folder.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import itertools
 import os
@@ -38,6 +40,8 @@ from tokenfan.embedded_redis import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+PEER = REPO / "bench" / "peer"
+PEER_NODE_MAJOR = 20
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -243,10 +247,12 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 class Server(Child):
-    """An HTTP server child (the tokenfan API or the direct baseline)."""
+    """An HTTP server child (the tokenfan API, the direct baseline or the peer)."""
 
-    def __init__(self, run: Run, label: str, module: str, env: dict[str, str], port: int) -> None:
-        super().__init__(run, label, [sys.executable, "-m", module], env, pipes=False)
+    def __init__(
+        self, run: Run, label: str, module: str, env: dict[str, str], port: int, args: list[str] | None = None
+    ) -> None:
+        super().__init__(run, label, args or [sys.executable, "-m", module], env, pipes=False)
         self.port = port
 
     def ready(self, path: str, check: Callable[[bytes], bool] = lambda body: True) -> bool:
@@ -269,14 +275,19 @@ class Stack:
         self.apis: list[Server] = []
         self.workers: list[Child] = []
         self.baselines: list[Server] = []
+        self.peers: list[Server] = []
 
     @property
     def api(self) -> Server:
         return self.apis[0]
 
     @property
+    def peer(self) -> Server:
+        return self.peers[0]
+
+    @property
     def children(self) -> list[Child]:
-        return [*self.apis, *self.workers, *self.baselines]
+        return [*self.apis, *self.workers, *self.baselines, *self.peers]
 
     def start(
         self,
@@ -284,6 +295,7 @@ class Stack:
         apis: int = 1,
         workers: int = 0,
         baseline: bool = False,
+        peer: bool = False,
         api_env: Mapping[str, str] | None = None,
         worker_env: Mapping[str, str] | None = None,
     ) -> Stack:
@@ -301,6 +313,12 @@ class Stack:
             port = free_port()
             env = self.run.env({**self.env, **(worker_env or {}), "BENCH_PORT": str(port)})
             self._add(self.baselines, Server(self.run, f"{self.name}-direct", "bench.baseline", env, port))
+        if peer:  # prepare_peer() first
+            port = free_port()
+            env = self.run.env({**self.env, **(worker_env or {}), "BENCH_PORT": str(port)})
+            env.pop("DEBUG", None)  # resumable-stream logs every chunk when DEBUG is set
+            args = [shutil.which("node") or "node", str(PEER / "server.mjs")]
+            self._add(self.peers, Server(self.run, f"{self.name}-peer", "", env, port, args=args))
         try:
             self._wait_ready(workers)
         except BaseException:
@@ -322,7 +340,7 @@ class Stack:
                 START_TIMEOUT_S,
                 f"{api} to be ready",
             )
-        for b in self.baselines:
+        for b in [*self.baselines, *self.peers]:
             wait_until(lambda b=b: b.ready("/healthz"), START_TIMEOUT_S, f"{b} to be ready")
         if workers:
             # A worker is ready once it listens for nudges on tf:workers.
@@ -346,7 +364,40 @@ class Stack:
 
     def close(self) -> None:
         self.run.stop(list(reversed(self.children)))
-        self.apis, self.workers, self.baselines = [], [], []
+        self.apis, self.workers, self.baselines, self.peers = [], [], [], []
+
+
+def prepare_peer(run: Run, timeout: float = 300.0) -> str | None:
+    """Make the peer runnable: Node >= 20 and npm on PATH, and ``npm ci`` into
+    ``bench/peer/node_modules`` (from the committed package-lock.json) unless
+    that lock file is already installed there. Returns None when the peer can
+    run, else why not (the benchmark then runs without it)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return f"{'node' if node is None else 'npm'} not found on PATH (the peer needs Node {PEER_NODE_MAJOR}+ and npm)"
+    try:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        major = int(version.lstrip("v").split(".")[0])
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return f"'{node} --version' failed"
+    if major < PEER_NODE_MAJOR:
+        return f"node {version} is too old (the peer needs Node {PEER_NODE_MAJOR}+)"
+    lock = hashlib.sha256((PEER / "package-lock.json").read_bytes()).hexdigest()
+    stamp = PEER / "node_modules" / ".bench-installed"
+    if stamp.exists() and stamp.read_text().strip() == lock:
+        return None
+    child = run.spawn("peer-npm-ci", [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(PEER)], run.env())
+    try:
+        code = child.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        run.stop([child])
+    if code != 0:
+        why = f"exit code {code}" if code is not None else f"not done within {timeout:.0f} s"
+        return f"npm ci in bench/peer failed ({why}); log {child.log_path}:\n{child.tail(5)}"
+    stamp.write_text(lock)
+    return None
 
 
 class CpuMeter:
