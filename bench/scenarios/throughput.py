@@ -1,17 +1,21 @@
-"""Scenario 3, relay throughput of one API process beside the direct baseline.
+"""Scenario 3, relay throughput of one API process beside the direct baseline
+and the peer (Vercel's resumable-stream on Node, bench/peer).
 
 The simulated model is fast (no time to first token, 1,000 tokens/s per
 chat, see TOKENS_PER_S), so the servers are the bottleneck. C client loops each run chats back
-to back (tokenfan: POST, then read the stream to ``done``; direct: one GET to
-``done``), every chat exactly ``ANSWER_TOKENS`` tokens. Over a window after a
+to back (tokenfan and the peer: POST, then read the stream to ``done``;
+direct: one GET to ``done``), every chat exactly ``ANSWER_TOKENS`` tokens. Over a window after a
 warm-up, count the tokens and events that arrive, and the CPU seconds each
 process spent. tokenfan batches with its defaults (5 tokens or 20 ms); the
-direct server sends one event per token, as the seed did.
+direct server and the peer send one event per token, as the seed did and as
+an app on resumable-stream does.
 
-Both runs happen in this scenario, one after the other, on the same machine
+The runs happen in this scenario, one after the other, on the same machine
 (running them at once would make them share the cores). On 2 cores tokenfan's
 API competes with its worker and Redis for the CPU, and both servers with the
-client: the CPU shares are reported with the result.
+client: the CPU shares are reported with the result. "Server CPU" is every
+process on the server side: tokenfan's API, worker and Redis; the peer's
+Node process (which also runs its simulated model) and Redis.
 
 With ``--profile``, py-spy samples each server process during its window
 (tokenfan's API, the direct baseline).
@@ -81,7 +85,22 @@ def run(ctx: Context) -> list[Row]:
     finally:
         stack.close()
 
-    ctx.details["throughput"] = {"settings": s, "answer_tokens": ANSWER_TOKENS, "tokenfan": tf, "direct": direct}
+    peer = None
+    if ctx.has_peer():
+        ctx.log(f"{NAME}: peer, same load")
+        stack = Stack(ctx.run, "peer", ENV).start(apis=0, peer=True)
+        try:
+            peer = _measure(ctx, s, "peer", stack.peer.port, {"peer": stack.peer, "redis": ctx.redis_process()})
+        finally:
+            stack.close()
+
+    ctx.details["throughput"] = {
+        "settings": s,
+        "answer_tokens": ANSWER_TOKENS,
+        "tokenfan": tf,
+        "direct": direct,
+        "peer": peer,
+    }
     tf_cpu = tf["cpu_s"]["api"] / tf["tokens"] * 1000 if tf["tokens"] else float("nan")
     direct_cpu = direct["cpu_s"]["direct"] / direct["tokens"] * 1000 if direct["tokens"] else float("nan")
     worker_cpu = tf["cpu_s"]["worker"] / tf["tokens"] * 1000 if tf["tokens"] else float("nan")
@@ -95,7 +114,7 @@ def run(ctx: Context) -> list[Row]:
 
     tf_tps = tf["tokens"] / s["window_s"]
     direct_tps = direct["tokens"] / s["window_s"]
-    return [
+    rows = [
         Row.single(
             NAME,
             "tokenfan tokens/s",
@@ -124,6 +143,39 @@ def run(ctx: Context) -> list[Row]:
             tf_cpu / direct_cpu if direct_cpu else float("nan"),
             "x",
             target=Target("<= 0.3x", lambda r: r.value <= 0.3),
+        ),
+    ]
+    if peer is not None:
+        rows += _peer_rows(tf, peer, s["window_s"])
+    return rows
+
+
+def _server_cpu_per_1000(m: dict, procs: tuple[str, ...]) -> float:
+    return sum(m["cpu_s"][p] for p in procs) / m["tokens"] * 1000 if m["tokens"] else float("nan")
+
+
+def _peer_rows(tf: dict, peer: dict, window_s: float) -> list[Row]:
+    tf_tps, peer_tps = tf["tokens"] / window_s, peer["tokens"] / window_s
+    tf_cpu = _server_cpu_per_1000(tf, ("api", "worker", "redis"))
+    peer_cpu = _server_cpu_per_1000(peer, ("peer", "redis"))
+    share = ", ".join(f"{k} {v:.0%}" for k, v in peer["cpu_share"].items())
+    failed = f", {peer['bad']} streams FAILED check" if peer["bad"] else ""
+    return [
+        Row.single(NAME, "peer tokens/s", peer_tps, note=f"1 event/token; CPU {share}{failed}"),
+        Row.single(
+            NAME,
+            "tokens/s, tokenfan / peer",
+            tf_tps / peer_tps if peer_tps else float("nan"),
+            "x",
+            target=Target(">= 1.0x", lambda r: r.value >= 1.0 and not tf["bad"] and not peer["bad"]),
+        ),
+        Row.single(
+            NAME,
+            "server CPU per token, tokenfan / peer",
+            tf_cpu / peer_cpu if peer_cpu else float("nan"),
+            "x",
+            target=Target("<= 2x", lambda r: r.value <= 2),
+            note=f"CPU-s per 1,000 tokens: tokenfan {tf_cpu:.4f} (API+worker+redis), peer {peer_cpu:.4f} (node+redis)",
         ),
     ]
 
@@ -187,7 +239,7 @@ async def client(args: dict, start_at: float, ctl: Any) -> dict:
     api = HttpClient(HOST, args["port"])
     w0, w1 = start_at + args["window"][0], start_at + args["window"][1]
     totals = {"tokens": 0, "events": 0, "chats": 0, "bad": 0}
-    if args["kind"] == "tokenfan":
+    if args["kind"] != "direct":  # tokenfan and the peer: POST /chat, then its stream_url
         body = {"prompt": args["prompt"], "max_tokens": args["max_tokens"]}
     else:
         direct_path = f"/stream?prompt={args['prompt'].replace(' ', '+')}&max_tokens={args['max_tokens']}"
@@ -196,7 +248,7 @@ async def client(args: dict, start_at: float, ctl: Any) -> dict:
         check = _Count(w0, w1)
         completed = False
         try:
-            if args["kind"] == "tokenfan":
+            if args["kind"] != "direct":
                 status, created = await api.post_json("/chat", body)
                 if status != 202:
                     totals["bad"] += 1
