@@ -37,7 +37,7 @@ class Services:
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=settings.api_redis_connections,
-            timeout=settings.redis_timeout_s,
+            timeout=settings.redis_pool_timeout_s,  # a wait for a connection is load, not Redis away
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
             client_name=name,

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # meta). The hub's pub/sub connection comes on top: 2 + 1 = 3 per process.
     api_redis_connections: int = Field(2, ge=1)
     redis_timeout_s: float = 5.0
+    # How long a command may wait for a free connection of a bounded pool:
+    # under load that wait is the cost, not an error (a 503, a restarted answer).
+    redis_pool_timeout_s: float = Field(120.0, gt=0)
 
     # --- Queue (arq) --------------------------------------------------------
     queue_name: str = "tokenfan:queue"

@@ -35,7 +35,7 @@ def connect(settings: Settings) -> ArqRedis:
     pool = BlockingConnectionPool.from_url(
         settings.effective_redis_url,
         max_connections=16,
-        timeout=settings.redis_timeout_s,
+        timeout=settings.redis_pool_timeout_s,  # a wait for a connection is load, not Redis away
         socket_connect_timeout=settings.redis_timeout_s,
         client_name="tokenfan-worker",
     )
