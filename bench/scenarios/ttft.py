@@ -11,6 +11,12 @@ to first token. Every stamp is wall clock on one machine, so it splits into:
     append -> client           the first event's ``ts`` -> its arrival at the client
 
 Then the same at increasing rates, until p99 crosses 100 ms.
+
+At the first rate, the same load also goes to the direct baseline ("seed":
+one GET that streams the model's answer, so its added TTFT is what HTTP and
+SSE cost) and to the peer (POST, then GET its stream, as for tokenfan).
+Issue 13's targets are relative to the seed: p50 <= seed + 3 ms, p99 <= seed
++ 15 ms.
 """
 
 from __future__ import annotations
@@ -80,9 +86,56 @@ def run(ctx: Context) -> list[Row]:
                 extra={"steps": steps},
             )
         )
-        return rows
     finally:
         stack.close()
+    return rows + _baselines(ctx, env, s, main)
+
+
+def _baselines(ctx: Context, env: dict[str, str], s: dict[str, Any], main: dict) -> list[Row]:
+    """The seed and the peer at the first rate, and tokenfan against the seed."""
+    rate = s["rate"]
+    ctx.log(f"{NAME}: direct baseline (seed), {rate} chats/s for {s['duration_s']:g} s")
+    stack = Stack(ctx.run, "ttft-direct", env).start(apis=0, baseline=True)
+    try:
+        seed = _measure(ctx, stack, rate, s["duration_s"], kind="direct")
+    finally:
+        stack.close()
+    peer = None
+    if ctx.has_peer():
+        ctx.log(f"{NAME}: peer, {rate} chats/s for {s['duration_s']:g} s")
+        stack = Stack(ctx.run, "ttft-peer", env).start(apis=0, peer=True)
+        try:
+            peer = _measure(ctx, stack, rate, s["duration_s"], kind="peer")
+        finally:
+            stack.close()
+    ctx.details["ttft"]["seed"] = _brief(seed)
+    ctx.details["ttft"]["peer"] = _brief(peer) if peer else None
+
+    def note(m: dict) -> str:
+        return f"{rate}/s, {m['chats']} chats" + (f", {m['errors']} FAILED" if m["errors"] else "")
+
+    def minus_seed(label: str, m: dict, target: Target | None) -> Row:
+        p50 = percentile(m["added"], 50) - percentile(seed["added"], 50)
+        p99 = percentile(m["added"], 99) - percentile(seed["added"], 99)
+        return Row(NAME, label, "ms", p50, p99).judge(target)
+
+    rows = [Row.dist(NAME, "direct (seed): GET -> first token - model TTFT", seed["added"], note=note(seed))]
+    if peer is not None:
+        rows += [
+            Row.dist(NAME, "peer: POST -> first token - model TTFT", peer["added"], note=note(peer)),
+            Row.dist(NAME, "  peer: of which append -> client", peer["relay"]),
+        ]
+    ok = not main["errors"] and not seed["errors"]
+    rows.append(
+        minus_seed(
+            "added TTFT, tokenfan - seed",
+            main,
+            Target("p50 <= +3 ms, p99 <= +15 ms", lambda r: r.p50 <= 3 and r.p99 <= 15 and ok),
+        )
+    )
+    if peer is not None:
+        rows.append(minus_seed("added TTFT, peer - seed", peer, None))
+    return rows
 
 
 def _crossed(step: dict) -> bool:
@@ -99,12 +152,14 @@ def _brief(m: dict) -> dict:
     }
 
 
-def _measure(ctx: Context, stack: Stack, rate: float, duration_s: float) -> dict:
+def _measure(ctx: Context, stack: Stack, rate: float, duration_s: float, kind: str = "tokenfan") -> dict:
     total = max(1, round(rate * duration_s))
     # One client process up to 100 chats/s; above, two share the schedule.
     n_clients = 1 if rate <= 100 else 2
+    server = {"tokenfan": stack.apis, "direct": stack.baselines, "peer": stack.peers}[kind][0]
     common = dict(
-        port=stack.api.port,
+        port=server.port,
+        kind=kind,
         rate=rate,
         total=total,
         stride=n_clients,
@@ -118,6 +173,16 @@ def _measure(ctx: Context, stack: Stack, rate: float, duration_s: float) -> dict
     results = finish_loadgens(ctx.run, gens, duration_s + 90)
     chats = [c for r in results for c in r["chats"]]
     errors = sum(r["errors"] for r in results)
+    if kind != "tokenfan":  # no claim, no started_at: the total, and for the peer its relay part
+        ok = [c for c in chats if c["ok"]]
+        sim = SIM_TTFT_MS / 1000
+        return {
+            "chats": len(chats),
+            "errors": errors + len(chats) - len(ok),
+            "added": [(c["first_arrival"] - c["t0"] - sim) * 1000 for c in ok],
+            "relay": [(c["first_arrival"] - c["first_ts"]) * 1000 for c in ok if c["first_ts"]],
+            "max_slip_ms": max((c["slip_ms"] for c in chats), default=0.0),
+        }
     # The claim's started_at, on Redis's clock (the same machine clock).
     r = ctx.redis()
     try:
@@ -184,23 +249,27 @@ class _FirstToken(StreamCheck):
     def token(self, event_id, data, n, now) -> None:
         if not self.first_arrival:
             self.first_arrival = now
-            self.first_ts = orjson.loads(data)["ts"]
+            self.first_ts = orjson.loads(data).get("ts", 0.0)  # the direct baseline does not stamp
 
 
 async def client(args: dict, start_at: float, ctl: Any) -> dict:
     api = HttpClient(HOST, args["port"])
     rate, total = args["rate"], args["total"]
     body = {"prompt": args["prompt"], "max_tokens": args["max_tokens"]}
+    direct_path = f"/stream?prompt={args['prompt'].replace(' ', '+')}&max_tokens={args['max_tokens']}"
     errors = 0
 
     async def one(scheduled: float) -> dict | None:
         nonlocal errors
         t0 = time.time()
-        status, created = await api.post_json("/chat", body)
-        t1 = time.time()
-        if status != 202:
-            errors += 1
-            return None
+        if args["kind"] == "direct":  # the seed: one GET streams the answer
+            t1, created = t0, {"id": None, "stream_url": direct_path}
+        else:  # tokenfan and the peer: POST /chat, then its stream_url
+            status, created = await api.post_json("/chat", body)
+            t1 = time.time()
+            if status != 202:
+                errors += 1
+                return None
         check = _FirstToken()
         status = await api.stream(created["stream_url"], SSEDecoder(check.on_event))
         return {
