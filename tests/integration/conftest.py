@@ -10,11 +10,6 @@ from shared.store import ChatStore
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def redis(redis_url: str):
     client = Redis.from_url(redis_url)
     yield client

@@ -24,11 +24,6 @@ ENV = {
 IDLE_JOB_TIMEOUT_S = 3  # tests read it back from the cluster's env
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def cluster(redis_server) -> Iterator[Cluster]:
     factory = ClusterFactory(redis_server, "openai")
@@ -47,15 +42,3 @@ def idle_cluster(redis_server) -> Iterator[Cluster]:
         yield factory(workers=0, env={**ENV, "TOKENFAN_JOB_TIMEOUT_S": str(IDLE_JOB_TIMEOUT_S)})
     finally:
         factory.close()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """On failure, show the tails of the processes' logs (only called for the
-    tests of this folder)."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for cluster in ClusterFactory.active:
-            for proc in cluster.processes:
-                report.sections.append((f"log of {proc} (alive={proc.alive()})", proc.tail(40)))

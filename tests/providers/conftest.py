@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ClusterFactory
 from llm_support import MEASUREMENTS, LlamaServer, SilentServer
 
 from tokenfan import local_model
@@ -143,24 +142,6 @@ def llama_long(start_llama) -> LlamaServer:
 
 
 @pytest.fixture(scope="module")
-def module_clusters(redis_server, request) -> Iterator[ClusterFactory]:
-    factory = ClusterFactory(redis_server, "llm-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
-def clusters(redis_server, request) -> Iterator[ClusterFactory]:
-    factory = ClusterFactory(redis_server, "llm-" + request.node.name.removeprefix("test_")[:30])
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=httpx.Timeout(30.0)) as c:
         yield c
@@ -190,8 +171,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On failure, the tails of the tokenfan processes' logs, and what became
-    of a model server that died (a crash says why, not only its exit code)."""
+    """On failure, what became of a model server that died (a crash says why,
+    not only its exit code); tests/conftest.py adds the processes' logs."""
     outcome = yield
     report = outcome.get_result()
     if report.failed and _in_this_folder(item):
@@ -200,6 +181,3 @@ def pytest_runtest_makereport(item, call):
             if code is not None and code != 0 and server not in _reported_dead:
                 _reported_dead.append(server)
                 report.sections.append((f"{server} {local_model.describe_exit(code)}", server.tail()))
-        for cluster in ClusterFactory.active:
-            for proc in cluster.processes:
-                report.sections.append((f"log of {proc} (alive={proc.alive()})", proc.tail(40)))

@@ -8,18 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ClusterFactory
 
 from .uxkit import ARTIFACTS
-
-
-@pytest.fixture(scope="module")
-def module_clusters(redis_server) -> Iterator[ClusterFactory]:
-    factory = ClusterFactory(redis_server, "ux")
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +22,3 @@ def client() -> Iterator[httpx.Client]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """On failure, the tails of the processes' logs (as tests/e2e does)."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for cluster in ClusterFactory.active:
-            for proc in cluster.processes:
-                report.sections.append((f"log of {proc} (alive={proc.alive()})", proc.tail(40)))
