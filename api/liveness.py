@@ -61,7 +61,7 @@ class Liveness:
         async with redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
             pipe.time()
             for chat_id in chat_ids:
-                pipe.hmget(keys.meta(chat_id), "status", "attempt")
+                pipe.hmget(keys.meta(chat_id), ["status", "attempt"])
                 pipe.exists(job_key_prefix + chat_id, in_progress_key_prefix + chat_id)
                 pipe.zscore(keys.RUNNING, chat_id)
             (seconds, micros), *rows = await pipe.execute()

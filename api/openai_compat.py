@@ -339,7 +339,7 @@ def _event_stream(
     return EventSourceResponse(
         _empty() if complete else relay_events(services.hub, chat_id, after, _ChunkStream(chat_id, encoder)),
         ping=settings.heartbeat_s,
-        ping_message_factory=lambda: HEARTBEAT,  # type: ignore[arg-type,return-value]  # bytes pass through
+        ping_message_factory=lambda: HEARTBEAT,  # bytes pass through sse-starlette untouched
         send_timeout=settings.send_timeout_s,
         headers={"X-Chat-Id": chat_id},
         # An API shutdown ends the stream like a Redis failure does (see above).
@@ -415,7 +415,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     except UnsupportedInput as exc:
         raise OpenAIError(422, "unsupported", exc.message, exc.param) from None
     except ValidationError as exc:
-        raise invalid_body(list(exc.errors()), strip_body=False) from None
+        raise invalid_body([dict(e) for e in exc.errors()], strip_body=False) from None
     chat_id = await submit_chat(services, native, extra={"openai": {"include_usage": body.include_usage}})
     encoder = ChunkEncoder(chat_id, await load_meta(services, chat_id))
     if body.stream:

@@ -25,7 +25,7 @@ log = logging.getLogger("tokenfan.api")
 
 router = APIRouter()
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 422, 503)}
 
 
 def services_of(request: Request) -> Services:
