@@ -5,7 +5,14 @@ pages, send).
 
 The chat is a real one, made by a worker with a provider that yields more
 tokens than the simulated model can (``bench.provider:numbered``), one event
-per token. Repeated; each replay is checked (ids after+1..last, ``done`` last).
+per token. Repeated; each replay is checked (ids after+1..last, no gap or
+duplicate), where "last" is the answer's last token.
+
+The peer (resumable-stream) then does the same, with the same numbered tokens
+in one event each; it can only resume a stream that is still running (it
+keeps no log once a stream is done), so its stream stays open after its last
+token while the reconnects run. Its resume replays the stream from the start
+over pub/sub and drops the events up to Last-Event-ID (bench/peer/server.mjs).
 """
 
 from __future__ import annotations
@@ -14,16 +21,19 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
+
 from bench.context import Context
 from bench.http import HttpClient, SSEDecoder
 from bench.loadgen import finish_loadgens, start_loadgens
 from bench.procs import HOST, Stack
-from bench.stats import Row, Target
+from bench.stats import Row, Target, percentile
 from bench.streams import StreamCheck
 
 NAME = "5 resume"
 MISSED = 500
 TOKENS = 800  # the chat's answer: comfortably more than MISSED events
+DEADLINE_S = 120
 
 
 def _settings(ctx: Context) -> dict[str, Any]:
@@ -33,29 +43,59 @@ def _settings(ctx: Context) -> dict[str, Any]:
 def run(ctx: Context) -> list[Row]:
     s = _settings(ctx)
     env = {"TOKENFAN_PROVIDER": "bench.provider:numbered", "TOKENFAN_BATCH_MAX_TOKENS": "1"}
-    stack = Stack(ctx.run, "resume", env).start(apis=1, workers=1)
-    try:
-        ctx.log(f"{NAME}: {s['repeats']} reconnects {MISSED} events behind")
-        gens, _ = start_loadgens(
-            ctx.run,
-            "resume",
-            "bench.scenarios.resume:client",
-            [dict(port=stack.api.port, repeats=s["repeats"], deadline_s=120)],
-        )
-        (result,) = finish_loadgens(ctx.run, gens, 150)
-    finally:
-        stack.close()
-    bad = result["bad"]
-    ctx.details["resume"] = {"settings": s, "last_seq": result["last_seq"], "bad": bad}
-    return [
+    tf = _measure(ctx, s, "tokenfan", Stack(ctx.run, "resume", env).start(apis=1, workers=1))
+    ctx.details["resume"] = {"settings": s, "last_seq": tf["last_seq"], "bad": tf["bad"]}
+    rows = [
         Row.dist(
             NAME,
             f"connect -> last of {MISSED} replayed events",
-            result["times_ms"],
-            Target("p50 <= 10 ms", lambda r: r.p50 <= 10 and not bad),
-            note=f"{s['repeats']} reconnects" + (f", {bad} FAILED check" if bad else ""),
+            tf["times_ms"],
+            Target("p50 <= 10 ms", lambda r: r.p50 <= 10 and not tf["bad"]),
+            note=f"{s['repeats']} reconnects" + (f", {tf['bad']} FAILED check" if tf["bad"] else ""),
         ),
     ]
+    if ctx.has_peer():
+        # resumable-stream resumes only a running stream (a finished one
+        # answers 204): the peer holds its stream open after the last token.
+        stack = Stack(ctx.run, "resume-peer", {**env, "BENCH_PEER_HOLD_S": str(DEADLINE_S + 30)})
+        peer = _measure(ctx, s, "peer", stack.start(apis=0, peer=True))
+        ctx.details["resume"]["peer"] = {"last_seq": peer["last_seq"], "bad": peer["bad"]}
+        tf50, tf99 = percentile(tf["times_ms"], 50), percentile(tf["times_ms"], 99)
+        peer50, peer99 = percentile(peer["times_ms"], 50), percentile(peer["times_ms"], 99)
+        rows += [
+            Row.dist(
+                NAME,
+                f"peer: connect -> last of {MISSED} replayed events",
+                peer["times_ms"],
+                note="of a running stream"
+                + (f", {peer['bad']} FAILED check" if peer["bad"] else "")
+                + "; a finished one cannot be resumed",
+            ),
+            Row(
+                NAME,
+                "connect -> last replayed, tokenfan / peer",
+                "x",
+                tf50 / peer50 if peer50 else float("nan"),
+                tf99 / peer99 if peer99 else float("nan"),
+            ),
+        ]
+    return rows
+
+
+def _measure(ctx: Context, s: dict[str, Any], kind: str, stack: Stack) -> dict[str, Any]:
+    try:
+        ctx.log(f"{NAME}: {kind}, {s['repeats']} reconnects {MISSED} events behind")
+        server = stack.peer if kind == "peer" else stack.api
+        gens, _ = start_loadgens(
+            ctx.run,
+            f"resume-{kind}",
+            "bench.scenarios.resume:client",
+            [dict(port=server.port, repeats=s["repeats"], deadline_s=DEADLINE_S)],
+        )
+        (result,) = finish_loadgens(ctx.run, gens, DEADLINE_S + 30)
+    finally:
+        stack.close()
+    return result
 
 
 # --- the client (runs in a loadgen process) ---------------------------------------
@@ -73,26 +113,51 @@ class _Last(StreamCheck):
         self.last_at = now
 
 
+async def _read_until(api: HttpClient, path: str, check: _Last, until, headers: dict | None = None) -> int:
+    """Read a stream until ``until(event_id, etype, data)`` holds for an event
+    (then close it: the peer's stream is still running), or until it ends;
+    returns the status."""
+    reached = asyncio.get_running_loop().create_future()
+
+    def on_event(event_id, etype, data, now) -> None:
+        check.on_event(event_id, etype, data, now)
+        if not reached.done() and until(event_id, etype, data):
+            reached.set_result(None)
+
+    task = asyncio.create_task(api.stream(path, SSEDecoder(on_event), headers=headers))
+    await asyncio.wait({task, reached}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()  # closes the connection
+    await asyncio.gather(task, return_exceptions=True)
+    return 200  # an event arrived, so the response was a 200
+
+
 async def client(args: dict, start_at: float, ctl: Any) -> dict:
     api = HttpClient(HOST, args["port"])
+    last_token = orjson.dumps({"text": f" t{TOKENS - 1}"})[:-1]  # the last token's data, up to its "ts" if any
     async with asyncio.timeout(args["deadline_s"]):
         status, created = await api.post_json("/chat", {"prompt": "resume", "max_tokens": TOKENS})
         if status != 202:
             raise RuntimeError(f"POST /chat: {status} {created}")
         path = created["stream_url"]
+        # The whole answer, to its last token (tokenfan's chat ends on; the peer's is held open).
         full = _Last(0)
-        await api.stream(path, SSEDecoder(full.on_event))  # the whole chat, to its end
-        if not full.ok or full.last <= MISSED:
-            raise RuntimeError(f"the chat has {full.last} events (ok={full.ok}); a resume needs more than {MISSED}")
-        after = full.last - MISSED
+        await _read_until(api, path, full, lambda i, etype, data: data.startswith(last_token))
+        if full.bad or full.last <= MISSED:
+            raise RuntimeError(f"the chat has {full.last} events (bad={full.bad}); a resume needs more than {MISSED}")
+        end = full.last
+        after = end - MISSED
         times, bad = [], 0
         for _ in range(args["repeats"]):
             check = _Last(after)
             t0 = time.time()
-            status = await api.stream(path, SSEDecoder(check.on_event), headers={"Last-Event-ID": str(after)})
-            if status != 200 or not check.ok or check.events != MISSED:
+            status = await _read_until(
+                api, path, check, lambda i, etype, data: i == end, headers={"Last-Event-ID": str(after)}
+            )
+            if status != 200 or check.bad or check.last != end or check.events != MISSED:
                 bad += 1
                 continue
             times.append((check.last_at - t0) * 1000)
     api.close()
-    return {"times_ms": times, "bad": bad, "last_seq": full.last}
+    return {"times_ms": times, "bad": bad, "last_seq": end}
