@@ -32,6 +32,7 @@ SCENARIOS = {
     "idle": "bench.scenarios.idle",
     "resume": "bench.scenarios.resume",
     "pickup": "bench.scenarios.pickup",
+    "fanout": "bench.scenarios.fanout",
 }
 
 
