@@ -19,30 +19,27 @@ import asyncio
 import itertools
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-import psutil
 import redis
 from httpx_sse import aconnect_sse, connect_sse
 
+from bench.processes import STOP_GRACE_S, Child, async_wait_until, stop_all, wait_until  # noqa: F401 - re-exported
 from bench.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
-from tokenfan.embedded_redis import child_preexec_fn, free_port
+from tokenfan.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts" / "e2e"
 HOST = "127.0.0.1"
 
 START_TIMEOUT_S = 20.0
-STOP_GRACE_S = 5.0
 
 # Fast simulated LLM and quick recovery, unless a test says otherwise.
 FAST_ENV: dict[str, str] = {
@@ -53,56 +50,6 @@ FAST_ENV: dict[str, str] = {
     "TOKENFAN_REAPER_INTERVAL_S": "0.5",
     "TOKENFAN_WORKER_HEALTH_CHECK_S": "5",
 }
-
-T = TypeVar("T")
-
-
-# --- waiting ---------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    message: str | Callable[[], str] = "condition",
-    ignore: tuple[type[BaseException], ...] = (),
-) -> T:
-    """Call ``predicate`` every ``interval`` s until it returns something truthy
-    (returned) or ``timeout`` s have passed (TimeoutError). Exceptions listed
-    in ``ignore`` count as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except ignore as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            extra = f" (last error: {last_exc!r})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {text}{extra}")
-        time.sleep(interval)
-
-
-async def async_wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    message: str = "condition",
-) -> Any:
-    """``wait_until`` for coroutines: ``predicate`` may be sync or async."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {message}")
-        await asyncio.sleep(interval)
 
 
 # --- processes -------------------------------------------------------------
@@ -151,84 +98,16 @@ def process_env(redis_url: str, env: Mapping[str, str] | None = None) -> dict[st
     return base
 
 
-class Process:
-    """One child process (``python -m <module>``), its output in a log file."""
+class Process(Child):
+    """One tokenfan process (``python -m <module>``), its output in this
+    session's artifacts folder, no ``.env`` read (it runs there)."""
 
     def __init__(self, kind: str, module: str, env: dict[str, str], label: str = "") -> None:
         self.kind = kind
-        self.label = label or kind
+        label = label or kind
         directory = artifacts_dir()
-        self.log_path = directory / f"{next(_log_counter):03d}-{self.label}.log"
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", module],
-                cwd=directory,  # no .env file here
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=child_preexec_fn(),  # dies with the test run
-            )
-        self.pid = self.popen.pid
-        self.killed_hard = False
-
-    def __repr__(self) -> str:
-        return f"<{self.label} pid={self.pid} log={self.log_path.name}>"
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        code = self.popen.poll()
-        if code is not None:
-            raise RuntimeError(f"{self} exited with code {code}; log tail:\n{self.tail()}")
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        """SIGKILL by PID and reap."""
-        self.signal(signal.SIGKILL)
-        self.popen.wait(timeout=STOP_GRACE_S)
-
-    def terminate(self) -> None:
-        self.signal(signal.SIGTERM)
-
-    def wait_stopped(self, grace: float = STOP_GRACE_S) -> None:
-        try:
-            self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.killed_hard = True
-            self.kill()
-
-    def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM by PID; SIGKILL if it has not exited after ``grace`` s."""
-        self.terminate()
-        self.wait_stopped(grace)
-
-    def rss(self) -> int:
-        return psutil.Process(self.pid).memory_info().rss
-
-    def local_ports(self) -> set[int]:
-        try:
-            conns = psutil.Process(self.pid).net_connections(kind="tcp")
-        except psutil.Error:
-            return set()
-        return {c.laddr.port for c in conns if c.laddr}
+        log_path = directory / f"{next(_log_counter):03d}-{label}.log"
+        super().__init__(label, [sys.executable, "-m", module], env, log_path, cwd=directory)
 
 
 class ApiProcess(Process):
@@ -322,15 +201,6 @@ def start_worker(
         finally:
             r.close()
     return proc
-
-
-def stop_all(procs: Iterable[Process], grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM every process, then wait for each (SIGKILL after ``grace``)."""
-    procs = list(procs)
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait_stopped(grace)
 
 
 # --- clusters --------------------------------------------------------------

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
 import httpx
-from harness import artifacts_dir, wait_until
+from harness import Child, artifacts_dir, wait_until
 
 from tokenfan import local_model
-from tokenfan.embedded_redis import child_preexec_fn, free_port
+from tokenfan.embedded_redis import free_port
 
 MODEL = local_model.MODEL_NAME
 API_KEY = "test-key"  # llama-server checks none; the SDKs want one
@@ -36,7 +34,7 @@ BASE_ENV = {
 MEASUREMENTS: list[str] = []
 
 
-class LlamaServer:
+class LlamaServer(Child):
     """One llama-server process on 127.0.0.1, its output in the artifacts folder.
     One thread: on 2 cores shared with tokenfan's processes (and whatever else
     runs), two llama.cpp threads spin on each other and the rate collapses."""
@@ -53,20 +51,11 @@ class LlamaServer:
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = artifacts_dir() / f"llama-{name}-{self.port}.log"
         argv = local_model.server_argv(
             *files, self.port, ctx=ctx, parallel=parallel, extra=("--threads", "1", "--slots", *extra)
         )
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=child_preexec_fn(),  # dies with the test run
-            )
-        self.pid = self.popen.pid
+        log_path = artifacts_dir() / f"llama-{name}-{self.port}.log"
+        super().__init__(f"llama-{name}", argv, os.environ, log_path)
 
     def __repr__(self) -> str:
         return f"<llama-server pid={self.pid} {self.url}>"
@@ -82,29 +71,6 @@ class LlamaServer:
 
     def slots(self) -> list[dict]:
         return httpx.get(f"{self.url}/slots", timeout=5.0).json()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def kill(self) -> None:
-        """SIGKILL by PID: the connections drop mid-stream, as when a server crashes."""
-        if self.popen.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def provider_env(provider: str, server: LlamaServer | str) -> dict[str, str]:
