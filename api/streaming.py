@@ -24,6 +24,7 @@ and then the end of the connection, and resumes with ``Last-Event-ID``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -38,12 +39,32 @@ DEFAULT_SHUTDOWN_RETRY_MS = 250
 FAREWELL_SEND_TIMEOUT_S = 1.0
 
 
+# sse-starlette >= 3.7.1 ends a stream it cancelled for a shutdown with the
+# closing empty body itself; it tells us through ``shutdown_event``.
+_HAS_SHUTDOWN_EVENT = "shutdown_event" in inspect.signature(sse_starlette.EventSourceResponse.__init__).parameters
+
+
 class EventSourceResponse(sse_starlette.EventSourceResponse):
     # status_code is spelled out: FastAPI reads its default for the OpenAPI schema.
     def __init__(self, content: Any, status_code: int = 200, *args: Any, farewell: bytes | None = None, **kwargs: Any):
+        self._shutdown: anyio.Event | None = None
+        self._exhausted = False  # the content ended by itself (not cancelled)
+        if _HAS_SHUTDOWN_EVENT and hasattr(content, "__aiter__"):
+            self._shutdown = kwargs.setdefault("shutdown_event", anyio.Event())
+            content = self._watch(content)
         super().__init__(content, status_code, *args, **kwargs)
         self.farewell = farewell
         self.ended = ""  # "complete", "client_left", "shutdown" or "cut_loose"
+
+    async def _watch(self, content: Any) -> Any:
+        try:
+            async for chunk in content:
+                yield chunk
+            self._exhausted = True
+        finally:
+            aclose = getattr(content, "aclose", None)
+            if aclose is not None:  # closed with us, never left to the garbage collector
+                await aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         completed = False
@@ -51,6 +72,13 @@ class EventSourceResponse(sse_starlette.EventSourceResponse):
         async def tracking(message: Message) -> None:
             nonlocal completed
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                if self._shutdown is not None and self._shutdown.is_set() and not self._exhausted:
+                    # sse-starlette cancelled the stream for a shutdown and ends
+                    # the response itself: our farewell goes just before its end.
+                    self.ended = "shutdown"
+                    farewell = self.farewell if self.farewell is not None else _retry_frame(scope)
+                    if farewell:
+                        await send({"type": "http.response.body", "body": farewell, "more_body": True})
                 completed = True
             await send(message)
 
@@ -61,7 +89,7 @@ class EventSourceResponse(sse_starlette.EventSourceResponse):
             log.info("%s: the client read nothing for %s s; stream cut loose", scope.get("path"), self.send_timeout)
             return
         if completed:
-            self.ended = "complete"
+            self.ended = self.ended or "complete"
             return
         if not self.active:
             self.ended = "client_left"
