@@ -5,10 +5,14 @@ work that holds the worker's event loop."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
+import redis as sync_redis
 
 from shared import keys
+from shared.events import assemble_text
 from tests.integration.conftest import new_chat
 from tests.integration.test_generation import ScriptedProvider, make_settings
 from tests.waiting import eventually
@@ -116,3 +120,71 @@ async def test_a_run_whose_chat_ended_finishes_the_job(store, redis):
     assert await store.finish_job(QUEUE, chat_id, 0) == 1  # whoever asks, once the chat has ended
     assert await _job_left(redis, chat_id) == (False, False, False)
     await store.release_lease(chat_id)
+
+
+# --- a busy worker keeps its chats (issue 12, item 8) --------------------------------
+
+
+class _LeaseWatch(threading.Thread):
+    """Another worker's view, from outside the busy event loop: counts the
+    moments the chat's lease or arq's in-progress key had lapsed, while armed."""
+
+    def __init__(self, url: str, chat_id: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.chat_id = url, chat_id
+        self.armed = threading.Event()
+        self.done = threading.Event()
+        self.checks = self.lease_lapsed = self.in_progress_gone = 0
+
+    def run(self) -> None:
+        r = sync_redis.Redis.from_url(self.url)
+        try:
+            while not self.done.wait(0.01):
+                if not self.armed.is_set():
+                    continue
+                seconds, micros = r.time()
+                score = r.zscore(keys.RUNNING, self.chat_id)
+                if self.done.is_set():
+                    break
+                self.checks += 1
+                self.lease_lapsed += score is None or score < seconds * 1000 + micros // 1000
+                self.in_progress_gone += not r.exists(IN_PROGRESS + self.chat_id)
+        finally:
+            r.close()
+
+
+async def test_a_worker_whose_event_loop_is_blocked_keeps_its_chat(store, redis, redis_url):
+    lease_s, block_s, blocks = 1.0, 0.9, 3  # each block: far beyond the renewal interval, under a lease
+    settings = make_settings(lease_s=lease_s, redis_url=redis_url, reaper_interval_s=3600, batch_max_tokens=1)
+    chat_id = await new_chat(store)
+    watch = _LeaseWatch(redis_url, chat_id)
+
+    async def busy_provider(request):
+        watch.armed.set()
+        for i in range(blocks):
+            yield f"t{i} "
+            # The loop is free for a moment (the batch goes out), less than a
+            # renewal interval: a renewal that only runs in this loop last ran
+            # right after the previous block, and lapses during the next.
+            await asyncio.sleep(0.2)
+            time.sleep(block_s)  # sync work (a tokenizer, a blocking call) holds the event loop
+        watch.done.set()
+        yield "end"
+
+    generator = Generator(store, busy_provider, settings)
+    coordinator = Coordinator(redis, generator, settings)
+    await coordinator.start()
+    await redis.set(IN_PROGRESS + chat_id, b"1", px=int(lease_s * 1000))  # arq's pickup
+    watch.start()
+    try:
+        await asyncio.wait_for(generator.run(chat_id), timeout=10)
+    finally:
+        watch.done.set()
+        await coordinator.stop()
+        watch.join(2)
+        await redis.delete(IN_PROGRESS + chat_id)
+
+    assert watch.checks > 50
+    assert (watch.lease_lapsed, watch.in_progress_gone) == (0, 0), "another worker would have taken the chat over"
+    events = await store.events(chat_id)
+    assert assemble_text(events) == "t0 t1 t2 end" and events[-1].type == "done"
