@@ -36,6 +36,9 @@ from shared.store import FINISHED, ChatStore, terminal_meta
 
 log = logging.getLogger("tokenfan.api")
 
+# Chats per MULTI: a process watching thousands never blocks Redis for long.
+SNAPSHOT_CHATS = 500
+
 CHAT_EXPIRED = "chat_expired"
 CHAT_STALLED = "chat_stalled"
 
@@ -57,20 +60,13 @@ class Liveness:
         """One check of these chats. Ends the stalled ones (appends their
         terminal error); returns the expired ones, whose streams the caller
         ends."""
-        redis = self.store.redis
-        async with redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
-            pipe.time()
-            for chat_id in chat_ids:
-                pipe.hmget(keys.meta(chat_id), ["status", "attempt"])
-                pipe.exists(job_key_prefix + chat_id, in_progress_key_prefix + chat_id)
-                pipe.zscore(keys.RUNNING, chat_id)
-            (seconds, micros), *rows = await pipe.execute()
-        now_ms = seconds * 1000 + micros // 1000
+        rows = []
+        for start in range(0, len(chat_ids), SNAPSHOT_CHATS):
+            rows += await self._snapshot(chat_ids[start : start + SNAPSHOT_CHATS])
         now = time.monotonic()
         previous, self._suspects = self._suspects, {}
         expired: list[str] = []
-        for i, chat_id in enumerate(chat_ids):
-            (status, attempt), jobs, lease_until = rows[3 * i : 3 * i + 3]
+        for chat_id, (status, attempt, jobs, lease_until, now_ms) in zip(chat_ids, rows, strict=True):
             if status is None:
                 verdict = CHAT_EXPIRED
             elif status.decode() in FINISHED or jobs or (lease_until is not None and lease_until >= now_ms):
@@ -89,6 +85,20 @@ class Liveness:
                     continue
             self._suspects[chat_id] = suspect
         return expired
+
+    async def _snapshot(self, chat_ids: list[str]) -> list[tuple]:
+        """(status, attempt, arq keys, lease expiry, Redis time in ms) per
+        chat, read atomically (MULTI): a worker's claim is either wholly
+        before it or wholly after it."""
+        async with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            for chat_id in chat_ids:
+                pipe.hmget(keys.meta(chat_id), ["status", "attempt"])
+                pipe.exists(job_key_prefix + chat_id, in_progress_key_prefix + chat_id)
+                pipe.zscore(keys.RUNNING, chat_id)
+            (seconds, micros), *replies = await pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
+        return [(*replies[i], replies[i + 1], replies[i + 2], now_ms) for i in range(0, len(replies), 3)]
 
     async def _end_stalled(self, chat_id: str, attempt: int) -> None:
         error = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from api.liveness import CHAT_EXPIRED, CHAT_STALLED, Liveness
+from api.liveness import CHAT_EXPIRED, CHAT_STALLED, SNAPSHOT_CHATS, Liveness
 from shared import keys
 from tests.integration.conftest import new_chat
 
@@ -79,3 +79,15 @@ async def test_a_chat_whose_metadata_is_gone_is_reported_on_the_second_check(sto
     assert await liveness.check([chat_id]) == []
     assert await liveness.check([chat_id]) == [chat_id]
     assert CHAT_EXPIRED == "chat_expired"
+
+
+async def test_many_chats_are_checked_in_several_snapshots(store, redis):
+    chat_ids = [await new_chat(store) for _ in range(SNAPSHOT_CHATS + 2)]
+    *running, stalled = chat_ids
+    for chat_id in running:
+        await redis.set(job_key_prefix + chat_id, b"job")
+    liveness = Liveness(store, grace_s=0)
+    await liveness.check(chat_ids)
+    await liveness.check(chat_ids)
+    assert await _status(redis, stalled) == b"error"
+    assert {await _status(redis, c) for c in running} == {b"queued"}
