@@ -45,7 +45,10 @@ line without a blank line dispatches nothing in any SSE parser. There is no
 Redis or the hub failing mid-stream does not end the stream silently (an SDK
 would take a truncated answer for a whole one): the client gets an ``error``
 payload with code ``unavailable`` and no ``id``, and may resume with the last
-id it received.
+id it received. A chat whose metadata expires mid-stream ends with an error
+payload of code ``chat_expired`` (no ``id``; resuming cannot help); one that
+can no longer finish (api/liveness.py) gets a terminal ``error`` event of code
+``chat_stalled``, like any generation error.
 
 Resets. OpenAI's protocol has no way to take back text already sent, and
 plain SDK clients simply concatenate ``delta.content``. The choices were: end
