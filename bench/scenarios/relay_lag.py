@@ -58,8 +58,8 @@ def _settings(ctx: Context) -> dict[str, Any]:
             levels=[dict(streams=50, tokens_per_s=10.0, chat_tokens=20, target=ISSUE_13)],
             clients=1,
             workers=1,
-            settle_s=0.5,
-            window_s=2.0,
+            settle_s=0.3,
+            window_s=1.5,
         ),
     )
 

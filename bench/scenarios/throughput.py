@@ -42,7 +42,7 @@ ANSWER_TOKENS = 400
 def _settings(ctx: Context) -> dict[str, Any]:
     return ctx.scale(
         dict(concurrency=64, clients=1, warmup_s=2.0, window_s=10.0),
-        dict(concurrency=16, clients=1, warmup_s=1.0, window_s=2.0),
+        dict(concurrency=16, clients=1, warmup_s=0.5, window_s=1.5),
     )
 
 

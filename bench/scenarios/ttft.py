@@ -44,7 +44,7 @@ CROSS_MS = 100.0
 def _settings(ctx: Context) -> dict[str, Any]:
     return ctx.scale(
         dict(rate=50, duration_s=20.0, ramp=[100, 150, 200, 300, 400, 600, 800], ramp_step_s=5.0),
-        dict(rate=50, duration_s=2.0, ramp=[100, 200], ramp_step_s=1.0),
+        dict(rate=50, duration_s=1.0, ramp=[100, 200], ramp_step_s=1.0),
     )
 
 
