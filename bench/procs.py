@@ -11,9 +11,7 @@ parent-death signal, so a killed benchmark leaves nothing behind. Children run
 in their own session: a Ctrl-C reaches only the benchmark, which then stops
 them by PID (SIGTERM, then SIGKILL after a grace period).
 
-This overlaps with ``tests/harness.py`` (process start/stop, readiness); it is
-kept separate because the benchmark needs the raised fd limit in the children
-and its own log folder.
+Starting, stopping and waiting are bench/processes.py's, shared with the tests.
 """
 
 from __future__ import annotations
@@ -22,19 +20,24 @@ import hashlib
 import http.client
 import itertools
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import psutil
 import redis
 
+from bench.processes import (  # noqa: F401 - re-exported for the scenarios
+    Child,
+    fd_limit_of,
+    raise_fd_limit,
+    sleep_until,
+    stop_all,
+    wait_until,
+)
 from bench.sampler import Sampler  # noqa: F401 - re-exported for tests and scenarios
 from tokenfan.embedded_redis import EmbeddedRedis, free_port
 
@@ -45,61 +48,6 @@ PEER_NODE_MAJOR = 20
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
-
-
-# --- waiting -------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Call ``predicate`` until it returns something truthy (returned), or raise
-    TimeoutError after ``timeout`` s. The only way the benchmark waits for a
-    state; sleeps are used for pacing load, never to let something happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def sleep_until(wall_time: float) -> None:
-    """Pacing only: wait for a point of a schedule (wall clock)."""
-    delay = wall_time - time.time()
-    if delay > 0:
-        time.sleep(delay)
-
-
-# --- file descriptors ------------------------------------------------------------
-
-
-def raise_fd_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return soft if soft != resource.RLIM_INFINITY else hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def fd_limit_of(pid: int) -> int:
-    """The soft open-file limit of a running process (to check it took)."""
-    return psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)[0]
-
-
-def _child_setup() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    raise_fd_limit()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except Exception:
-            pass
 
 
 # --- processes -------------------------------------------------------------------
@@ -146,17 +94,19 @@ class Run:
         env.update(extra or {})
         return env
 
+    def child(self, label: str, argv: list[str], env: dict[str, str], *, pipes: bool = False) -> Child:
+        """A new child (not tracked: ``spawn`` tracks one), run in the run's folder, so no .env is read."""
+        return Child(label, argv, env, self.dir / f"{next(self._counter):03d}-{label}.log", cwd=self.dir, pipes=pipes)
+
     def spawn(self, label: str, args: list[str], env: dict[str, str], *, pipes: bool = False) -> Child:
-        child = Child(self, label, args, env, pipes=pipes)
+        child = self.child(label, args, env, pipes=pipes)
         self.children.append(child)
         return child
 
     def stop(self, children: list[Child]) -> None:
         """SIGTERM them all, then wait for each (SIGKILL after the grace period)."""
+        stop_all(children)
         for c in children:
-            c.signal(signal.SIGTERM)
-        for c in children:
-            c.wait_stopped()
             if c in self.children:
                 self.children.remove(c)
 
@@ -167,73 +117,6 @@ class Run:
             if self.redis_server is not None:
                 self.redis_server.stop()
                 self.redis_server = None
-
-
-class Child:
-    """One child process; its output goes to ``<run dir>/<n>-<label>.log``
-    (or, with ``pipes``, stdin/stdout are pipes to talk to it: load generators)."""
-
-    def __init__(self, run: Run, label: str, args: list[str], env: dict[str, str], *, pipes: bool) -> None:
-        self.label = label
-        self.log_path = run.dir / f"{next(run._counter):03d}-{label}.log"
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                args,
-                cwd=run.dir,
-                env=env,
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else log,
-                stderr=log if pipes else subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_child_setup,
-            )
-        self.pid = self.popen.pid
-        self.ps = psutil.Process(self.pid)
-
-    def __repr__(self) -> str:
-        return f"<{self.label} pid={self.pid}>"
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def check_alive(self) -> None:
-        code = self.popen.poll()
-        if code is not None:
-            raise RuntimeError(f"{self} exited with code {code}; log {self.log_path}:\n{self.tail()}")
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def wait_stopped(self, grace: float = STOP_GRACE_S) -> None:
-        try:
-            self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.popen.wait(timeout=grace)
-        for stream in (self.popen.stdin, self.popen.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds this process has used so far."""
-        t = self.ps.cpu_times()
-        return t.user + t.system
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -252,7 +135,8 @@ class Server(Child):
     def __init__(
         self, run: Run, label: str, module: str, env: dict[str, str], port: int, args: list[str] | None = None
     ) -> None:
-        super().__init__(run, label, args or [sys.executable, "-m", module], env, pipes=False)
+        argv = args or [sys.executable, "-m", module]
+        super().__init__(label, argv, env, run.dir / f"{next(run._counter):03d}-{label}.log", cwd=run.dir)
         self.port = port
 
     def ready(self, path: str, check: Callable[[bytes], bool] = lambda body: True) -> bool:
@@ -305,10 +189,8 @@ class Stack:
             self._add(self.apis, Server(self.run, f"{self.name}-api{i + 1}", "api", env, port))
         for i in range(workers):
             env = self.run.env({**self.env, **(worker_env or {})})
-            self._add(
-                self.workers,
-                Child(self.run, f"{self.name}-worker{i + 1}", [sys.executable, "-m", "worker"], env, pipes=False),
-            )
+            label = f"{self.name}-worker{i + 1}"
+            self._add(self.workers, self.run.child(label, [sys.executable, "-m", "worker"], env))
         if baseline:
             port = free_port()
             env = self.run.env({**self.env, **(worker_env or {}), "BENCH_PORT": str(port)})
@@ -338,10 +220,10 @@ class Stack:
             wait_until(
                 lambda api=api: api.ready("/readyz", lambda b: orjson.loads(b).get("hub_connected") is True),
                 START_TIMEOUT_S,
-                f"{api} to be ready",
+                message=f"{api} to be ready",
             )
         for b in [*self.baselines, *self.peers]:
-            wait_until(lambda b=b: b.ready("/healthz"), START_TIMEOUT_S, f"{b} to be ready")
+            wait_until(lambda b=b: b.ready("/healthz"), START_TIMEOUT_S, message=f"{b} to be ready")
         if workers:
             # A worker is ready once it listens for nudges on tf:workers.
             r = self.run.redis()
@@ -352,7 +234,7 @@ class Stack:
                         w.check_alive()
                     return r.pubsub_numsub("tf:workers")[0][1] >= len(self.workers)
 
-                wait_until(subscribed, START_TIMEOUT_S, f"{len(self.workers)} workers to subscribe")
+                wait_until(subscribed, START_TIMEOUT_S, message=f"{len(self.workers)} workers to subscribe")
             finally:
                 r.close()
 
