@@ -40,6 +40,12 @@ def _cmd_local_model(args: argparse.Namespace) -> int:
     return cmd_local_model(args)
 
 
+def _stack_options(command: argparse.ArgumentParser) -> None:
+    """The options of the commands that run the stack (run, local-model)."""
+    command.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    command.add_argument("--port", type=_port, default=None, help="API port (default TOKENFAN_PORT, PORT or 8000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tokenfan",
@@ -52,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run Redis (embedded unless TOKENFAN_REDIS_URL is set), the API and workers",
         description="Run the whole stack in the foreground; Ctrl-C stops it.",
     )
-    run.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
-    run.add_argument("--port", type=_port, default=None, help="API port (default TOKENFAN_PORT or 8000)")
+    _stack_options(run)
     run.set_defaults(func=cmd_run)
 
     local = commands.add_parser(
@@ -62,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch SmolLM2-135M-Instruct and compile llama.cpp's llama-server (once, cached), start it "
         "on 127.0.0.1, and run tokenfan with the openai provider pointed at it; Ctrl-C stops everything.",
     )
-    local.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
-    local.add_argument("--port", type=_port, default=None, help="API port (default TOKENFAN_PORT or 8000)")
+    _stack_options(local)
     local.add_argument("--llama-port", type=_port, default=None, help="llama-server's port (default: a free one)")
     local.add_argument("--ctx", type=_positive_int, default=8192, help="llama-server's context, shared by slots")
     local.add_argument("--parallel", type=_positive_int, default=4, help="requests llama-server runs at once")

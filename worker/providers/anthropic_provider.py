@@ -13,7 +13,7 @@ Retries, timeouts and error codes: ``worker/providers/upstream.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
@@ -21,14 +21,7 @@ import orjson
 
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish
-from worker.providers.upstream import (
-    Attempt,
-    StreamEndedEarly,
-    UpstreamProvider,
-    policy_of,
-    sdk_client,
-    sse_data,
-)
+from worker.providers.upstream import Attempt, StreamEndedEarly, UpstreamProvider, policy_of, sdk_client, sse_data
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
@@ -41,7 +34,7 @@ def build(settings: Settings) -> UpstreamProvider:
     base_url = settings.anthropic_base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
     client = sdk_client(anthropic, "AsyncAnthropic", settings, api_key, base_url, "ANTHROPIC")
 
-    async def stream(request: ChatRequest, attempt: Attempt) -> AsyncIterator[str | Finish]:
+    async def stream(request: ChatRequest, attempt: Attempt) -> AsyncGenerator[str | Finish]:
         system = [request.system] if request.system else []
         messages = []
         for m in request.messages:

@@ -12,7 +12,7 @@ codes: ``worker/providers/upstream.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
@@ -20,14 +20,7 @@ import orjson
 
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish
-from worker.providers.upstream import (
-    Attempt,
-    StreamEndedEarly,
-    UpstreamProvider,
-    policy_of,
-    sdk_client,
-    sse_data,
-)
+from worker.providers.upstream import Attempt, StreamEndedEarly, UpstreamProvider, policy_of, sdk_client, sse_data
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -42,7 +35,7 @@ def build(settings: Settings) -> UpstreamProvider:
     token_param = settings.openai_max_tokens_param
     include_usage = settings.openai_include_usage
 
-    async def stream(request: ChatRequest, attempt: Attempt) -> AsyncIterator[str | Finish]:
+    async def stream(request: ChatRequest, attempt: Attempt) -> AsyncGenerator[str | Finish]:
         messages = list(request.messages)
         if request.system:
             messages.insert(0, {"role": "system", "content": request.system})
