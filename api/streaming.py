@@ -48,23 +48,11 @@ class EventSourceResponse(sse_starlette.EventSourceResponse):
     # status_code is spelled out: FastAPI reads its default for the OpenAPI schema.
     def __init__(self, content: Any, status_code: int = 200, *args: Any, farewell: bytes | None = None, **kwargs: Any):
         self._shutdown: anyio.Event | None = None
-        self._exhausted = False  # the content ended by itself (not cancelled)
-        if _HAS_SHUTDOWN_EVENT and hasattr(content, "__aiter__"):
+        if _HAS_SHUTDOWN_EVENT:
             self._shutdown = kwargs.setdefault("shutdown_event", anyio.Event())
-            content = self._watch(content)
         super().__init__(content, status_code, *args, **kwargs)
         self.farewell = farewell
         self.ended = ""  # "complete", "client_left", "shutdown" or "cut_loose"
-
-    async def _watch(self, content: Any) -> Any:
-        try:
-            async for chunk in content:
-                yield chunk
-            self._exhausted = True
-        finally:
-            aclose = getattr(content, "aclose", None)
-            if aclose is not None:  # closed with us, never left to the garbage collector
-                await aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         completed = False
@@ -72,9 +60,13 @@ class EventSourceResponse(sse_starlette.EventSourceResponse):
         async def tracking(message: Message) -> None:
             nonlocal completed
             if message["type"] == "http.response.body" and not message.get("more_body", False):
-                if self._shutdown is not None and self._shutdown.is_set() and not self._exhausted:
+                if self._shutdown is not None and self._shutdown.is_set():
                     # sse-starlette cancelled the stream for a shutdown and ends
                     # the response itself: our farewell goes just before its end.
+                    # (A stream that ended by itself in the same instant gets it
+                    # too: a retry: after its end, or an error after [DONE],
+                    # which clients ignore; watching the content for that would
+                    # cost a generator hop per write.)
                     self.ended = "shutdown"
                     farewell = self.farewell if self.farewell is not None else _retry_frame(scope)
                     if farewell:
