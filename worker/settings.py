@@ -2,8 +2,11 @@
 matter for latency and recovery, and a Worker whose poll sleep a nudge can cut
 short.
 
-``python -m worker`` runs it; ``arq worker.settings.WorkerSettings`` works too
-(without the nudge: pickup then waits for the poll)."""
+``python -m worker`` runs it. ``arq worker.settings.WorkerSettings`` runs arq's
+own Worker: without the nudge (pickup then waits for the poll), and without
+the fenced end of a run and the renewal of a job between pickup and claim
+(``TokenfanWorker`` below), which take-overs need to be safe: use it for
+experiments only."""
 
 from __future__ import annotations
 

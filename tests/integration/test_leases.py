@@ -188,3 +188,27 @@ async def test_a_worker_whose_event_loop_is_blocked_keeps_its_chat(store, redis,
     assert (watch.lease_lapsed, watch.in_progress_gone) == (0, 0), "another worker would have taken the chat over"
     events = await store.events(chat_id)
     assert assemble_text(events) == "t0 t1 t2 end" and events[-1].type == "done"
+
+
+async def test_a_job_picked_up_but_not_claimed_yet_keeps_its_in_progress_key(store, redis, redis_url):
+    # Issue 12, item 8: a claim long after arq's pickup (2.3 s under CPU
+    # starvation) must not let arq's in-progress key, set at pickup for one
+    # lease, lapse first: another worker would start the job and fence this one.
+    lease_s = 0.5
+    settings = make_settings(lease_s=lease_s, redis_url=redis_url, reaper_interval_s=3600)
+    generator = Generator(store, ScriptedProvider(), settings)
+    coordinator = Coordinator(redis, generator, settings)
+    await coordinator.start()
+    chat_id = await new_chat(store)
+    try:
+        await redis.set(IN_PROGRESS + chat_id, b"1", px=int(lease_s * 1000))  # arq's pickup
+        generator.job_picked(chat_id)
+        deadline = time.monotonic() + 4 * lease_s
+        while time.monotonic() < deadline:  # four leases without a claim
+            assert await redis.exists(IN_PROGRESS + chat_id)
+            await asyncio.sleep(0.02)
+        assert generator.job_ended(chat_id) == 0  # the run ends (here: before any claim)
+        await eventually(lambda: _gone(redis, IN_PROGRESS + chat_id), timeout=3 * lease_s)  # no longer kept
+    finally:
+        await coordinator.stop()
+        await redis.delete(IN_PROGRESS + chat_id)
