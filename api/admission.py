@@ -22,12 +22,14 @@ from api.errors import ApiError
 from shared import keys
 
 
-async def queued_count(redis: Redis, queue_name: str) -> int:
+async def queue_depth(redis: Redis, queue_name: str) -> tuple[int, int]:
+    """(waiting, running): chats waiting for a worker, and chats being generated.
+    arq keeps a running job in its queue too, so waiting = entries - running."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(queue_name)
         pipe.zcard(keys.RUNNING)
         in_queue, running = await pipe.execute()
-    return max(0, int(in_queue) - int(running))
+    return max(0, int(in_queue) - int(running)), int(running)
 
 
 async def admit(services: Any, messages: list[dict[str, str]], *texts: str | None) -> None:
@@ -41,7 +43,7 @@ async def admit(services: Any, messages: list[dict[str, str]], *texts: str | Non
     if len(messages) > settings.max_messages:
         raise ApiError(413, "too_many_messages", f"{len(messages)} messages; the limit is {settings.max_messages}")
     if settings.max_queued:
-        waiting = await queued_count(services.redis, settings.queue_name)
+        waiting, _ = await queue_depth(services.redis, settings.queue_name)
         if waiting >= settings.max_queued:
             raise ApiError(
                 503,

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
-from shared import keys
+from api.admission import queue_depth
 from shared.events import Event
 from shared.observability import WORKER_METRICS_SET, bind_chat, prompts_allowed, worker_metrics_key
 
@@ -307,11 +307,8 @@ def worker_families(payloads: Iterable[dict[str, Any]]) -> list[Metric]:
 
 async def fleet_families(redis: Any, queue_name: str) -> list[Metric]:
     """The queue, as Redis holds it, and every live worker's pushed metrics."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(queue_name)
-        pipe.zcard(keys.RUNNING)
-        pipe.smembers(WORKER_METRICS_SET)
-        queued, running, members = await pipe.execute()
+    waiting, running = await queue_depth(redis, queue_name)
+    members = await redis.smembers(WORKER_METRICS_SET)
     ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
     raw = await redis.mget([worker_metrics_key(i) for i in ids]) if ids else []
     gone = [i for i, data in zip(ids, raw, strict=True) if data is None]
@@ -322,7 +319,7 @@ async def fleet_families(redis: Any, queue_name: str) -> list[Metric]:
         GaugeMetricFamily(
             "tokenfan_queue_depth",
             "Jobs waiting in the queue for a worker (arq queue entries less the running ones).",
-            max(queued - running, 0),
+            waiting,
         ),
         GaugeMetricFamily("tokenfan_jobs_in_progress", "Chats being generated now (holding a lease).", running),
         GaugeMetricFamily("tokenfan_workers", "Worker processes whose metrics are current.", len(payloads)),
