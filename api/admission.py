@@ -16,20 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
-
 from api.errors import ApiError
-from shared import keys
-
-
-async def queue_depth(redis: Redis, queue_name: str) -> tuple[int, int]:
-    """(waiting, running): chats waiting for a worker, and chats being generated.
-    arq keeps a running job in its queue too, so waiting = entries - running."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(queue_name)
-        pipe.zcard(keys.RUNNING)
-        in_queue, running = await pipe.execute()
-    return max(0, int(in_queue) - int(running)), int(running)
+from shared.store import queue_depth
 
 
 async def admit(services: Any, messages: list[dict[str, str]], *texts: str | None) -> None:

@@ -35,9 +35,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
-from api.admission import queue_depth
 from shared.events import Event
 from shared.observability import WORKER_METRICS_SET, bind_chat, prompts_allowed, worker_metrics_key
+from shared.store import queue_depth
 
 log = logging.getLogger("tokenfan.api")
 

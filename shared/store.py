@@ -219,3 +219,13 @@ def terminal_meta(etype: str, data: dict[str, Any]) -> dict[str, str]:
             "usage": orjson.dumps(data.get("usage") or {}).decode(),
         }
     return {"status": "error", "error": orjson.dumps(data).decode()}
+
+
+async def queue_depth(redis: Redis, queue_name: str) -> tuple[int, int]:
+    """(waiting, running): chats waiting for a worker, and chats being generated.
+    arq keeps a running job in its queue too, so waiting = entries - running."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue_name)
+        pipe.zcard(keys.RUNNING)
+        in_queue, running = await pipe.execute()
+    return max(0, int(in_queue) - int(running)), int(running)
