@@ -136,7 +136,11 @@
   }
 
   function onServerError(c, e) {
-    if (!accept(c, e)) return;
+    // An error the API says without an id (chat_expired, log_expired: nothing
+    // in the log) arrives with the previous event's id, as EventSource keeps
+    // it: it ends the chat all the same. It comes once, and ends the stream.
+    if (c !== chat || c.finished) return;
+    if (e.lastEventId && Number(e.lastEventId) > c.lastId) c.lastId = Number(e.lastEventId);
     let detail = { code: "error", message: e.data };
     try { detail = JSON.parse(e.data); } catch (_) { /* keep the raw text */ }
     finish(c);

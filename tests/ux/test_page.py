@@ -8,6 +8,7 @@ No skip: without /usr/bin/chromium these tests fail (CI installs it)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 
@@ -147,4 +148,25 @@ def test_page_drops_the_text_on_reset_when_a_worker_dies(cluster, client, watche
     assert state["attempt"] == 2
     assert w.answer() == state["text"] == expected_text(prompt, 512)
     assert "answer restarted (attempt 2" in w.page.inner_text("#status")
+    assert not w.errors, w.errors
+
+
+def test_page_shows_an_error_the_api_sends_without_an_id(clusters, watched):
+    """An error that is not in the log (chat_expired: the chat's data is gone)
+    has no id, so EventSource hands it over with the previous event's id. The
+    page shows it and stops, instead of reconnecting into a 404."""
+    w = watched
+    env = {"TOKENFAN_SIM_TOKENS_PER_S": "20", "TOKENFAN_HEARTBEAT_S": "0.3"}
+    cluster = clusters("page-expired", workers=1, env=env)
+    chat_id = ask(w, cluster.api.url, prompt_with_length(300, 419, "page-expired"))
+    wait_until(lambda: int(w.status("last-event-id") or 0) >= 3, 15, message="three events on the page")
+    worker = cluster.workers[0]
+    worker.signal(signal.SIGSTOP)  # no more appends: the chat's data can go
+    try:
+        cluster.redis.delete(keys.meta(chat_id), keys.log(chat_id))
+        w.wait_state("error", 15)
+    finally:
+        worker.kill()
+    assert "chat_expired" in w.page.inner_text("#error")
+    assert "error: chat_expired" in w.page.inner_text("#status")
     assert not w.errors, w.errors
