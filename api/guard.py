@@ -40,10 +40,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import auth, tokens
+from api import auth, errors, tokens
 from api.ratelimit import RateLimiter
 from shared.settings import Settings
 
@@ -86,10 +85,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        openai = path.startswith("/v1/")
+        openai = errors.is_openai(path)
 
         async def refuse(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-            await _error(openai, status, code, message, headers)(scope, receive, send)
+            await errors.render(errors.Problem(status, code, message, headers), openai)(scope, receive, send)
 
         if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
             await refuse(431, "headers_too_large", f"the request headers are over {MAX_HEADER_BYTES} bytes")
@@ -103,8 +102,8 @@ class Guard:
         if self.keys and path not in OPEN_PATHS and not OPEN_ASSET.fullmatch(path):
             try:
                 identity = await self._authenticate(scope, path)
-            except _Refusal as refusal:
-                await refuse(*refusal.args)
+            except errors.ApiError as refusal:
+                await refuse(refusal.status, refusal.code, refusal.message, refusal.headers)
                 return
             except (RedisError, OSError):
                 await refuse(503, "unavailable", "Redis is unavailable; try again", {"Retry-After": "1"})
@@ -131,12 +130,14 @@ class Guard:
                 chat_id = stream[1]
                 secret = await self._services(scope).stream_secret()
                 if not tokens.verify(secret, chat_id, token):
-                    raise _Refusal(401, "invalid_stream_token", "the stream token is invalid or expired for this chat")
+                    raise errors.ApiError(
+                        401, "invalid_stream_token", "the stream token is invalid or expired for this chat"
+                    )
                 return auth.Identity(chat_id=chat_id)
         key = auth.bearer_key(_header(scope, b"authorization"))
         owner = self.keys.owner_of(key) if key is not None else None
         if owner is None:
-            raise _Refusal(
+            raise errors.ApiError(
                 401,
                 "unauthorized",
                 "a valid API key is required: Authorization: Bearer <key>",
@@ -156,7 +157,7 @@ class Guard:
             self._limiter_redis = services.redis
         verdict = await self._limiter.take(owner)
         if not verdict.allowed:
-            raise _Refusal(
+            raise errors.ApiError(
                 429,
                 "rate_limited",
                 f"rate limit of {settings.rate_limit_per_s:g} requests/s (burst {settings.rate_limit_burst}) "
@@ -201,10 +202,6 @@ class Guard:
         return scope["app"].state.services
 
 
-class _Refusal(Exception):
-    """(status, code, message[, headers]) of a request refused here."""
-
-
 def _replay(messages: list[Message], receive: Receive) -> Callable[[], Awaitable[Message]]:
     pending = deque(messages)
 
@@ -214,16 +211,6 @@ def _replay(messages: list[Message], receive: Receive) -> Callable[[], Awaitable
         return await receive()
 
     return replayed
-
-
-def _error(openai: bool, status: int, code: str, message: str, headers: dict[str, str] | None) -> JSONResponse:
-    if openai:
-        from api.openai_compat import error_body
-
-        body = error_body(status, code, message)
-    else:
-        body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install(app: Any, settings: Settings) -> None:

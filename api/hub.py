@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from api import metrics
 from api.liveness import CHAT_EXPIRED, Liveness
 from shared import keys
+from shared.errors import TokenfanError
 from shared.events import Event
 from shared.store import ChatStore
 
@@ -49,11 +50,11 @@ HOME_CHANNEL = b"tf:hub"  # keeps the connection in subscribed mode at all times
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0  # between reconnect attempts
 
 
-class HubUnavailable(Exception):
+class HubUnavailable(TokenfanError):
     """The pub/sub connection could not confirm a subscription in time."""
 
 
-class ChatEnded(Exception):
+class ChatEnded(TokenfanError):
     """The chat can no longer send events (its metadata expired): the stream
     ends with an ``error`` whose ``code`` says why."""
 

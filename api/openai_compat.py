@@ -77,8 +77,8 @@ the client goes away meanwhile, the wait ends and the chat runs on.
 Errors are ``{"error": {"message", "type", "param", "code"}}`` with the
 native API's status codes (422 for a bad body, 413 for an over-long prompt,
 404 for an unknown chat, 400 for a bad Last-Event-ID, 503 with Retry-After
-when Redis is away): ``OpenAIRoute`` converts whatever the handlers, the body
-validation and the dependencies raise. ``code`` is the native error code.
+when Redis is away): api/errors.py answers in this shape for every path under
+``/v1``, whatever raised. ``code`` is the native error code.
 
 Auth: the router's ``dependencies`` (``AUTH``) is the one place to add the API
 key dependency (``Authorization: Bearer``) when tokenfan gets API keys; the
@@ -90,19 +90,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import ApiError, unavailable
+from api.errors import OpenAIError, invalid_request, openai_body, unavailable
 from api.hub import ChatEnded, Hub, HubUnavailable
 from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
 from api.relay import check_last_event_id, relay_events
@@ -119,86 +115,6 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
 MODEL_CREATED = 0  # GET /v1/models: tokenfan does not know when a model was made
 
 
-# --- errors --------------------------------------------------------------------
-
-
-class OpenAIError(ApiError):
-    """An ``ApiError`` that names the offending request parameter."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None = None, **kw: Any) -> None:
-        super().__init__(status, code, message, **kw)
-        self.param = param
-
-
-def error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
-
-
-def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
-
-
-def error_response(
-    status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(status, code, message, param), status_code=status, headers=headers)
-
-
-def _param(loc: tuple | list) -> str | None:
-    """``("body", "messages", 0, "content")`` -> ``"messages[0].content"``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or None
-
-
-def invalid_body(errors: list[dict[str, Any]], strip_body: bool) -> OpenAIError:
-    if errors and errors[0].get("type") == "json_invalid":
-        detail = (errors[0].get("ctx") or {}).get("error", "")
-        return OpenAIError(422, "invalid_request", f"the body is not valid JSON: {detail}".rstrip(": "))
-    locs = [tuple(e.get("loc", ()))[1 if strip_body else 0 :] for e in errors]
-    message = "; ".join(f"{_param(loc) or 'body'}: {e.get('msg', '')}" for loc, e in zip(locs, errors, strict=True))
-    return OpenAIError(422, "invalid_request", message or "invalid request", _param(locs[0]) if locs else None)
-
-
-class OpenAIRoute(APIRoute):
-    """Every error of these routes in OpenAI's shape, whatever raised it
-    (a handler, the body validation or a dependency)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return error_response(exc.status, exc.code, exc.message, getattr(exc, "param", None), exc.headers)
-            except RequestValidationError as exc:
-                err = invalid_body(list(exc.errors()), strip_body=True)
-                return error_response(err.status, err.code, err.message, err.param)
-            except StarletteHTTPException as exc:
-                code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-                return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
-            except LogExpired as exc:
-                return error_response(410, "log_expired", str(exc))
-            except RedisError as exc:
-                log.warning("redis error on %s %s: %s", request.method, request.url.path, exc)
-                return error_response(
-                    503, "unavailable", "Redis is unavailable; try again", headers={"Retry-After": "1"}
-                )
-
-        return handle
-
-
 # --- auth ------------------------------------------------------------------------
 
 # API keys, stream tokens (``?token=`` on the resume route) and the rate limit
@@ -206,10 +122,10 @@ class OpenAIRoute(APIRoute):
 # /v1/ come out in OpenAI's shape; route-level dependencies can still go here.
 AUTH: list[Any] = []
 
-router = APIRouter(prefix="/v1", route_class=OpenAIRoute, dependencies=AUTH, tags=["openai"])
+router = APIRouter(prefix="/v1", dependencies=AUTH, tags=["openai"])
 
 _ERROR_DOC = {
-    "content": {"application/json": {"example": error_body(404, "not_found", "no such chat (unknown or expired)")}}
+    "content": {"application/json": {"example": openai_body(404, "not_found", "no such chat (unknown or expired)")}}
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {code: _ERROR_DOC for code in (400, 404, 413, 422, 500, 503, 504)}
 
@@ -298,7 +214,7 @@ class ChunkEncoder:
             return out + b"id: %d\ndata: [DONE]\n\n" % event.seq
         if event.type == EventType.ERROR:
             code = data.get("code", "error")
-            return _message(event.seq, error_body(500, code, data.get("message", "generation failed")))
+            return _message(event.seq, openai_body(500, code, data.get("message", "generation failed")))
         return b""
 
     def completion(self, events: list[Event], done: dict[str, Any]) -> dict[str, Any]:
@@ -326,8 +242,8 @@ class _ChunkStream:
 
     def failure(self, code: str, message: str) -> bytes:
         if code == "unavailable":  # transient: the client resumes
-            return _message(None, error_body(503, code, f"{message}; {self.resume}"))
-        return _message(None, error_body(410, code, message))  # log_expired, chat_expired: resuming cannot help
+            return _message(None, openai_body(503, code, f"{message}; {self.resume}"))
+        return _message(None, openai_body(410, code, message))  # log_expired, chat_expired: resuming cannot help
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -346,7 +262,7 @@ def _event_stream(
         send_timeout=settings.send_timeout_s,
         headers={"X-Chat-Id": chat_id},
         # An API shutdown ends the stream like a Redis failure does (see above).
-        farewell=_message(None, error_body(503, "unavailable", f"server shutting down; {_resume_hint(chat_id)}")),
+        farewell=_message(None, openai_body(503, "unavailable", f"server shutting down; {_resume_hint(chat_id)}")),
     )
 
 
@@ -418,7 +334,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     except UnsupportedInput as exc:
         raise OpenAIError(422, "unsupported", exc.message, exc.param) from None
     except ValidationError as exc:
-        raise invalid_body([dict(e) for e in exc.errors()], strip_body=False) from None
+        problem = invalid_request([dict(e) for e in exc.errors()], openai=True, strip_body=False)
+        raise OpenAIError(problem.status, problem.code, problem.message, problem.param) from None
     chat_id = await submit_chat(services, native, extra={"openai": {"include_usage": body.include_usage}})
     encoder = ChunkEncoder(chat_id, await load_meta(services, chat_id))
     if body.stream:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import ChatCreate
+from shared.errors import TokenfanError
 
 # OpenAI's "developer" role is the newer name of "system".
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class UnsupportedInput(ValueError):
+class UnsupportedInput(TokenfanError, ValueError):
     """Valid OpenAI, but not something tokenfan can run (tools, images, n > 1)."""
 
     def __init__(self, param: str, message: str) -> None:

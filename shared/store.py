@@ -13,6 +13,7 @@ from arq.constants import abort_jobs_ss, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from shared import keys, scripts
+from shared.errors import TokenfanError
 from shared.events import Event, EventType, assemble_text, encode
 
 FINISHED = frozenset({"done", "error"})
@@ -21,7 +22,7 @@ FINISHED = frozenset({"done", "error"})
 FENCED, MISSING, ALREADY_FINISHED = -1, -2, -3
 
 
-class LogExpired(Exception):
+class LogExpired(TokenfanError):
     """The events a reader asked for were trimmed from the log."""
 
 

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import TokenfanError
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
@@ -36,7 +38,7 @@ class Finish:
     usage: dict[str, int] | None = None
 
 
-class ProviderError(Exception):
+class ProviderError(TokenfanError):
     """An upstream failure with a stable code for the ``error`` event."""
 
     def __init__(self, code: str, message: str) -> None:

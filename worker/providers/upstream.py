@@ -41,6 +41,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.errors import TokenfanError
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish, ProviderError
 
@@ -133,7 +134,7 @@ class UpstreamFailure(ProviderError):
         self.retryable = retryable
 
 
-class StreamEndedEarly(Exception):
+class StreamEndedEarly(TokenfanError):
     """The upstream stream ended without saying why it stopped."""
 
 
