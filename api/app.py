@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, guard, metrics, openai_compat, page
+from api import errors, metrics, middleware, openai_compat, page
 from api.routes import router
 from api.services import Services
 from shared.settings import Settings, get_settings
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="tokenfan", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    guard.install(app, settings)  # body size, API keys, stream tokens, rate limit
+    middleware.install(app, settings)  # body size, API keys, stream tokens, rate limit
     app.include_router(router)
     app.include_router(openai_compat.router)
     app.include_router(metrics.router)

@@ -19,7 +19,7 @@ digits of its hash: keys that share a label share their chats, which is how a
 key is rotated. Any other key gets 404 for the chat, never 403.
 
 The identity of the current request lives in a context variable set by the
-guard middleware (api/guard.py) and read by ``routes.submit_chat`` (the
+guard middleware (api/middleware.py) and read by ``routes.submit_chat`` (the
 owner of a new chat) and ``routes.load_meta`` (the ownership check). With no
 key configured the service runs open: no identity, no check.
 """

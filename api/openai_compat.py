@@ -104,7 +104,7 @@ from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
 from api.relay import check_last_event_id, relay_events
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
 from api.services import Services
-from api.streaming import EventSourceResponse
+from api.sse_response import EventSourceResponse
 from shared.events import Event, EventType, assemble_text
 from shared.store import LogExpired
 
@@ -118,7 +118,7 @@ MODEL_CREATED = 0  # GET /v1/models: tokenfan does not know when a model was mad
 # --- auth ------------------------------------------------------------------------
 
 # API keys, stream tokens (``?token=`` on the resume route) and the rate limit
-# are enforced in front of every route by api/guard.py, whose errors under
+# are enforced in front of every route by api/middleware.py, whose errors under
 # /v1/ come out in OpenAI's shape; route-level dependencies can still go here.
 AUTH: list[Any] = []
 

@@ -16,7 +16,7 @@ from api.errors import ApiError, error_response, not_found, unavailable
 from api.relay import check_last_event_id, relay
 from api.schemas import ChatCreate, ChatCreated, ChatState, ErrorBody
 from api.services import Services
-from api.streaming import EventSourceResponse
+from api.sse_response import EventSourceResponse
 from shared import keys
 from shared.events import EventType, assemble_text
 from shared.store import ALREADY_FINISHED, FINISHED, terminal_meta

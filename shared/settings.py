@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # shared by every API process of the deployment.
     secret: str | None = None
     stream_token_ttl_s: int = 24 * 3600
-    # Hardening (api/auth.py, api/guard.py, api/admission.py): comma-separated
+    # Hardening (api/auth.py, api/middleware.py, api/admission.py): comma-separated
     # "[label=]sha256:<hex>" entries (or raw keys, hashed at start-up). Empty:
     # the service runs open.
     api_keys: str = ""
