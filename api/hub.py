@@ -46,7 +46,6 @@ from shared.store import ChatStore
 
 log = logging.getLogger("tokenfan.hub")
 
-HOME_CHANNEL = b"tf:hub"  # keeps the connection in subscribed mode at all times
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0  # between reconnect attempts
 
 
@@ -361,7 +360,7 @@ class Hub:
         # one that joined before is in this list.
         self._conn = conn
         self._outbox = asyncio.Queue()
-        channels = [HOME_CHANNEL, *self._channels]
+        channels = [keys.HUB_CHANNEL, *self._channels]
         for channel in channels:
             self._unconfirmed[channel] = 1
         self._command("SUBSCRIBE", *channels)

@@ -28,8 +28,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
-
 from shared import keys
 from shared.events import EventType
 from shared.store import FINISHED, ChatStore, terminal_meta
@@ -94,7 +92,7 @@ class Liveness:
             pipe.time()
             for chat_id in chat_ids:
                 pipe.hmget(keys.meta(chat_id), ["status", "attempt"])
-                pipe.exists(job_key_prefix + chat_id, in_progress_key_prefix + chat_id)
+                pipe.exists(keys.job(chat_id), keys.in_progress(chat_id))
                 pipe.zscore(keys.RUNNING, chat_id)
             (seconds, micros), *replies = await pipe.execute()
         now_ms = seconds * 1000 + micros // 1000

@@ -35,8 +35,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
+from shared import keys
 from shared.events import Event
-from shared.observability import WORKER_METRICS_SET, bind_chat, prompts_allowed, worker_metrics_key
+from shared.observability import bind_chat, prompts_allowed
 from shared.store import queue_depth
 
 log = logging.getLogger("tokenfan.api")
@@ -308,12 +309,12 @@ def worker_families(payloads: Iterable[dict[str, Any]]) -> list[Metric]:
 async def fleet_families(redis: Any, queue_name: str) -> list[Metric]:
     """The queue, as Redis holds it, and every live worker's pushed metrics."""
     waiting, running = await queue_depth(redis, queue_name)
-    members = await redis.smembers(WORKER_METRICS_SET)
+    members = await redis.smembers(keys.WORKER_METRICS_SET)
     ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
-    raw = await redis.mget([worker_metrics_key(i) for i in ids]) if ids else []
+    raw = await redis.mget([keys.worker_metrics(i) for i in ids]) if ids else []
     gone = [i for i, data in zip(ids, raw, strict=True) if data is None]
     if gone:
-        await redis.srem(WORKER_METRICS_SET, *gone)
+        await redis.srem(keys.WORKER_METRICS_SET, *gone)
     payloads = [orjson.loads(data) for data in raw if data is not None]
     return [
         GaugeMetricFamily(

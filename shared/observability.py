@@ -33,16 +33,10 @@ from typing import Any, TextIO
 
 import orjson
 
-# --- worker metrics handed to the API through Redis ----------------------------
-# Each worker process SETs its metrics (JSON, see worker/metrics.py) under
-# WORKER_METRICS_PREFIX + <worker id> with a TTL of a few push intervals and
-# adds its id to WORKER_METRICS_SET; the API's /metrics reads them all.
-WORKER_METRICS_SET = "tf:metrics:workers"
-WORKER_METRICS_PREFIX = "tf:metrics:w:"
-
-
-def worker_metrics_key(worker_id: str) -> str:
-    return WORKER_METRICS_PREFIX + worker_id
+# Worker metrics reach the API through Redis: each worker process SETs its
+# metrics (JSON, see worker/metrics.py) under keys.worker_metrics(<worker id>)
+# with a TTL of a few push intervals and adds its id to keys.WORKER_METRICS_SET;
+# the API's /metrics reads them all.
 
 
 # --- the chat a piece of work concerns -------------------------------------------

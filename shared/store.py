@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from arq.constants import abort_jobs_ss, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from shared import keys, scripts
@@ -121,10 +120,10 @@ class ChatStore:
         )
         return Claim(status.decode(), int(attempt), int(last_seq))
 
-    async def renew_leases(self, held: Iterable[tuple[str, int]], lease_ms: int, in_progress_prefix: str) -> list[str]:
+    async def renew_leases(self, held: Iterable[tuple[str, int]], lease_ms: int) -> list[str]:
         """Renew the leases of ``(chat_id, attempt)`` pairs (attempt 0: picked
         up, not claimed yet); returns the chats another attempt owns now."""
-        script_keys, args = renew_arguments(held, lease_ms, in_progress_prefix)
+        script_keys, args = renew_arguments(held, lease_ms)
         if len(script_keys) == 1:
             return []
         return [i.decode() for i in await self._renew(keys=script_keys, args=args)]
@@ -138,10 +137,10 @@ class ChatStore:
                 keys=[
                     keys.meta(job_id),
                     keys.in_progress(job_id),
-                    job_key_prefix + job_id,
-                    retry_key_prefix + job_id,
+                    keys.job(job_id),
+                    keys.retry(job_id),
                     queue_name,
-                    abort_jobs_ss,
+                    keys.ARQ_ABORTS,
                 ],
                 args=[job_id, attempt, incr_score],
             )
@@ -154,9 +153,13 @@ class ChatStore:
         else:
             await self._release(keys=[keys.meta(chat_id), keys.RUNNING], args=[chat_id, attempt])
 
-    async def reap_lapsed(self, in_progress_prefix: str, limit: int = 100) -> list[str]:
-        ids = await self._reap(keys=[keys.RUNNING], args=[in_progress_prefix, limit])
-        return [i.decode() for i in ids]
+    async def reap_lapsed(self, limit: int = 100) -> list[str]:
+        """Take the chats whose lease lapsed off the running set, and drop
+        their jobs' in-progress keys, so that the next worker poll starts them."""
+        ids = [i.decode() for i in await self._reap(keys=[keys.RUNNING], args=[limit])]
+        if ids:
+            await self.redis.delete(*(keys.in_progress(i) for i in ids))
+        return ids
 
     async def request_cancel(self, chat_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -195,14 +198,12 @@ class ChatStore:
         return assemble_text(await self.events(chat_id))
 
 
-def renew_arguments(
-    held: Iterable[tuple[str, int]], lease_ms: int, in_progress_prefix: str
-) -> tuple[list[str], list[Any]]:
+def renew_arguments(held: Iterable[tuple[str, int]], lease_ms: int) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of scripts.RENEW (also called from a worker's renewal thread)."""
     script_keys: list[str] = [keys.RUNNING]
-    args: list[Any] = [lease_ms, in_progress_prefix]
+    args: list[Any] = [lease_ms]
     for chat_id, attempt in held:
-        script_keys.append(keys.meta(chat_id))
+        script_keys += (keys.meta(chat_id), keys.in_progress(chat_id))
         args += (chat_id, attempt)
     return script_keys, args
 

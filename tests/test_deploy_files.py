@@ -147,7 +147,7 @@ def test_worker_is_health_checked_by_a_module_that_exists() -> None:
     assert test[1:] == ["python", "-m", "worker.health"]
     assert importlib.util.find_spec("worker.health") is not None
     # It reads what the worker writes (worker/metrics.py pushes under these names).
-    from shared.observability import WORKER_METRICS_SET, worker_metrics_key
+    from shared import keys
     from worker.health import healthy
     from worker.metrics import worker_id
 
@@ -156,16 +156,16 @@ def test_worker_is_health_checked_by_a_module_that_exists() -> None:
             self.keys = keys
 
         def smembers(self, name: str) -> set[bytes]:
-            assert name == WORKER_METRICS_SET
+            assert name == keys.WORKER_METRICS_SET
             return {worker_id().encode()}
 
         def exists(self, key: str) -> int:
             return int(key in self.keys)
 
     host = worker_id().rsplit(":", 1)[0]
-    assert healthy(FakeRedis({worker_metrics_key(worker_id())}), host)
+    assert healthy(FakeRedis({keys.worker_metrics(worker_id())}), host)
     assert not healthy(FakeRedis(set()), host)
-    assert not healthy(FakeRedis({worker_metrics_key(worker_id())}), "another-host")
+    assert not healthy(FakeRedis({keys.worker_metrics(worker_id())}), "another-host")
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

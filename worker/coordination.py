@@ -22,7 +22,6 @@ import threading
 import time
 
 import redis as sync_redis
-from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -96,7 +95,7 @@ class LeaseRenewer:
                 log.error("event loop stuck for %.0f s: leases no longer renewed", stuck_s)
                 continue
             try:
-                script_keys, args = renew_arguments(held, lease_ms, in_progress_key_prefix)
+                script_keys, args = renew_arguments(held, lease_ms)
                 lost = [i.decode() for i in self._renew(keys=script_keys, args=args)]
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc)
@@ -166,7 +165,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(self.settings.reaper_interval_s)
             try:
-                reaped = await self.generator.store.reap_lapsed(in_progress_key_prefix)
+                reaped = await self.generator.store.reap_lapsed()
             except (RedisError, OSError) as exc:
                 log.warning("reaper failed: %s", exc)
                 continue

@@ -12,14 +12,14 @@ import sys
 
 import redis
 
-from shared.observability import WORKER_METRICS_SET, worker_metrics_key
+from shared import keys
 from shared.settings import get_settings
 
 
 def healthy(client: redis.Redis, host: str) -> bool:
     prefix = f"{host}:"
-    ids = [m.decode() for m in client.smembers(WORKER_METRICS_SET)]
-    return any(client.exists(worker_metrics_key(i)) for i in ids if i.startswith(prefix))
+    ids = [m.decode() for m in client.smembers(keys.WORKER_METRICS_SET)]
+    return any(client.exists(keys.worker_metrics(i)) for i in ids if i.startswith(prefix))
 
 
 def main() -> int:

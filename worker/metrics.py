@@ -37,7 +37,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from redis.exceptions import RedisError
 
-from shared.observability import WORKER_METRICS_SET, ChatContext, chat_context, worker_metrics_key
+from shared import keys
+from shared.observability import ChatContext, chat_context
 
 log = logging.getLogger("tokenfan.worker")
 
@@ -230,8 +231,8 @@ class Pusher:
     async def push(self) -> None:
         JOBS_RUNNING.set(len(self.running))
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(worker_metrics_key(self.id), snapshot(self.id), px=self.ttl_ms)
-            pipe.sadd(WORKER_METRICS_SET, self.id)
+            pipe.set(keys.worker_metrics(self.id), snapshot(self.id), px=self.ttl_ms)
+            pipe.sadd(keys.WORKER_METRICS_SET, self.id)
             await pipe.execute()
 
     async def _run(self) -> None:
@@ -254,5 +255,5 @@ class Pusher:
         # Leave the output now rather than when the snapshot expires.
         with suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(2):
-                await self.redis.delete(worker_metrics_key(self.id))
-                await self.redis.srem(WORKER_METRICS_SET, self.id)
+                await self.redis.delete(keys.worker_metrics(self.id))
+                await self.redis.srem(keys.WORKER_METRICS_SET, self.id)

@@ -15,10 +15,10 @@ import logging
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.asyncio import BlockingConnectionPool
 
+from shared import keys
 from shared.settings import Settings, get_settings
 from shared.store import ChatStore
 from worker import metrics, resilience
@@ -120,7 +120,7 @@ class TokenfanWorker(Worker):
         if len(job_ids) > 1:
             async with self.pool.pipeline(transaction=False) as pipe:
                 for j in job_ids:
-                    pipe.exists(in_progress_key_prefix + j.decode())
+                    pipe.exists(keys.in_progress(j.decode()))
                 running = await pipe.execute()
             job_ids = [j for j, r in zip(job_ids, running, strict=True) if not r]
         await super().start_jobs(job_ids)

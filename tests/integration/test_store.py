@@ -123,14 +123,14 @@ async def test_a_lapsed_lease_hands_the_job_on(store, redis):
     await redis.set(in_progress_key_prefix + lapsed, 1)
     await redis.set(in_progress_key_prefix + alive, 1)
 
-    reaped = await eventually(lambda: store.reap_lapsed(in_progress_key_prefix))
+    reaped = await eventually(lambda: store.reap_lapsed())
 
     assert lapsed in reaped and alive not in reaped  # other tests may leave lapsed leases in this db
     assert not await redis.exists(in_progress_key_prefix + lapsed)
     assert await redis.exists(in_progress_key_prefix + alive)
     # A late renewal by the presumed-dead worker does not take the lease back.
     held = [(lapsed, 1), (alive, 1)]
-    await store.renew_leases(held, lease_ms=60_000, in_progress_prefix=in_progress_key_prefix)
+    await store.renew_leases(held, lease_ms=60_000)
     assert await redis.zscore(keys.RUNNING, lapsed) is None
     assert not await redis.exists(in_progress_key_prefix + lapsed)
     await store.release_lease(alive)
@@ -156,7 +156,7 @@ async def test_renewal_keeps_arqs_in_progress_key_alive_for_one_lease(store, red
     await redis.set(in_progress_key_prefix + chat_id, 1, px=500)
     await redis.set(in_progress_key_prefix + picked, 1, px=500)  # picked up by arq, not claimed yet
     held = [(chat_id, claim.attempt), (picked, 0)]
-    assert await store.renew_leases(held, lease_ms=30_000, in_progress_prefix=in_progress_key_prefix) == []
+    assert await store.renew_leases(held, lease_ms=30_000) == []
     for c in (chat_id, picked):
         assert 20_000 < await redis.pttl(in_progress_key_prefix + c) <= 30_000
     await store.release_lease(chat_id)
@@ -168,7 +168,7 @@ async def test_renewal_and_release_are_fenced_on_the_attempt(store, redis):
     stale = await store.claim(chat_id, lease_ms=60_000)
     newer = await store.claim(chat_id, lease_ms=1_000)
     await redis.set(in_progress_key_prefix + chat_id, 1, px=1_000)
-    lost = await store.renew_leases([(chat_id, stale.attempt)], 60_000, in_progress_key_prefix)
+    lost = await store.renew_leases([(chat_id, stale.attempt)], 60_000)
     assert lost == [chat_id]
     assert await redis.pttl(in_progress_key_prefix + chat_id) <= 1_000
     await store.release_lease(chat_id, stale.attempt)
