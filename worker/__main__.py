@@ -4,7 +4,7 @@ import asyncio
 
 from shared.observability import configure_logging
 from shared.settings import get_settings
-from worker.settings import create_worker
+from worker.arq_worker import create_worker
 
 
 def main() -> None:

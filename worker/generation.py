@@ -58,7 +58,7 @@ class Generator:
         self._jobs: dict[str, int] = {}
         self.held: tuple[tuple[str, int], ...] = ()
         # The attempt each job run of this process claimed, for arq's end of
-        # the run (worker/settings.py: TokenfanWorker.finish_job).
+        # the run (worker/arq_worker.py: TokenfanWorker.finish_job).
         self.claimed_attempts: dict[str, int] = {}
         self.cancel_poll_s = 1.0
         self._tokens = _stamped_tokens if settings.stamp_events else _tokens
@@ -127,7 +127,7 @@ class Generator:
             fenced = refused.args[0] == FENCED
             log.info("chat %s attempt %d stopped: append refused (%s)", chat_id, attempt, refused.args[0])
         except (RedisError, OSError):
-            raise  # Redis away: worker/resilience.py hands the job back
+            raise  # Redis away: worker/arq_worker.py hands the job back
         except Exception as exc:  # noqa: BLE001 - a bug (ours or a custom provider's) must still end the chat
             log.exception("chat %s attempt %d failed", chat_id, attempt)
             fenced = await self._fail(chat_id, attempt, exc)

@@ -3,7 +3,7 @@ claimed its chat (and took the chat's lease) leaves an in-progress key and no
 lease. The long chaos run hit it (1 chat in 1,000, with ~200 kills): with
 arq's own in-progress TTL (``job_timeout`` + 10 s) the chat waited an hour.
 The worker now sets that TTL to one lease and renews it with the lease
-(worker/settings.py ``create_worker``, shared/scripts.py ``RENEW``), so such a
+(worker/arq_worker.py ``create_worker``, shared/scripts.py ``RENEW``), so such a
 job is started again within a lease. Here that state is made on purpose."""
 
 from __future__ import annotations

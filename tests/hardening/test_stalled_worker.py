@@ -4,7 +4,7 @@ lapses, wakes up (SIGCONT) and is fenced out. Its run of the job must not
 then delete the job (queue entry, job key, in-progress key) while the other
 attempt runs: when that other worker dies too (SIGKILL), the chat must still
 end, handed on through arq's queue to the worker that is left
-(worker/resilience.py, TokenfanWorker.finish_job)."""
+(worker/arq_worker.py, TokenfanWorker.finish_job)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from api.services import Services
 from shared.settings import Settings
 from tests.waiting import eventually
-from worker.settings import connect
+from worker.arq_worker import connect
 
 pytestmark = pytest.mark.anyio
 

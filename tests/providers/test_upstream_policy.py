@@ -29,10 +29,10 @@ def provider(sdk, failures: list, after_first: BaseException | None = None, retr
     """A provider whose tries fail with ``failures`` in turn, then stream "a", "b"."""
     tries: list[int] = []
 
-    async def stream(request, attempt):
+    async def stream(request, try_):
         tries.append(1)
         if len(tries) <= len(failures):
-            attempt.opened = True
+            try_.opened = True
             raise failures[len(tries) - 1]
         yield "a"
         if after_first is not None:
@@ -118,7 +118,7 @@ def test_nothing_is_retried_after_the_first_token(sdk, exc, code):
 def test_first_token_deadline_bounds_the_retries():
     """Backoff that would pass the deadline is not waited for: the last error is reported."""
 
-    async def stream(request, attempt):
+    async def stream(request, try_):
         raise openai.APIConnectionError(request=HTTP_REQUEST)
         yield  # pragma: no cover
 
@@ -131,7 +131,7 @@ def test_first_token_deadline_bounds_the_retries():
 
 
 def test_silence_before_the_first_token_is_a_timeout():
-    async def stream(request, attempt):
+    async def stream(request, try_):
         await asyncio.sleep(30)
         yield "late"
 

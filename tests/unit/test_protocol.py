@@ -75,7 +75,7 @@ def test_the_simulated_model_keeps_its_pace():
 
 def test_a_workers_jobs_are_held_in_progress_for_one_lease_only():
     from shared.settings import Settings
-    from worker.settings import create_worker
+    from worker.arq_worker import create_worker
 
     worker = create_worker(Settings(lease_s=4, job_timeout_s=3600))
     assert worker.in_progress_timeout_s == 4  # not arq's job_timeout + 10 s

@@ -21,7 +21,7 @@ import orjson
 
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish
-from worker.providers.upstream import Attempt, StreamEndedEarly, UpstreamProvider, policy_of, sdk_client, sse_data
+from worker.providers.upstream import StreamEndedEarly, UpstreamProvider, UpstreamTry, policy_of, sdk_client, sse_data
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
@@ -34,7 +34,7 @@ def build(settings: Settings) -> UpstreamProvider:
     base_url = settings.anthropic_base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
     client = sdk_client(anthropic, "AsyncAnthropic", settings, api_key, base_url, "ANTHROPIC")
 
-    async def stream(request: ChatRequest, attempt: Attempt) -> AsyncGenerator[str | Finish]:
+    async def stream(request: ChatRequest, try_: UpstreamTry) -> AsyncGenerator[str | Finish]:
         system = [request.system] if request.system else []
         messages = []
         for m in request.messages:
@@ -51,7 +51,7 @@ def build(settings: Settings) -> UpstreamProvider:
             params["extra_body"] = {"temperature": request.temperature}
         # Leaving the block closes the connection: the server stops generating.
         async with client.messages.with_streaming_response.create(stream=True, **params) as response:
-            attempt.opened = True
+            try_.opened = True
             stop_reason: str | None = None
             input_tokens = output_tokens = None
             async for data in sse_data(response.iter_bytes()):

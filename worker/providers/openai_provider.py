@@ -20,7 +20,7 @@ import orjson
 
 from shared.settings import Settings
 from worker.providers.base import ChatRequest, Finish
-from worker.providers.upstream import Attempt, StreamEndedEarly, UpstreamProvider, policy_of, sdk_client, sse_data
+from worker.providers.upstream import StreamEndedEarly, UpstreamProvider, UpstreamTry, policy_of, sdk_client, sse_data
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -35,7 +35,7 @@ def build(settings: Settings) -> UpstreamProvider:
     token_param = settings.openai_max_tokens_param
     include_usage = settings.openai_include_usage
 
-    async def stream(request: ChatRequest, attempt: Attempt) -> AsyncGenerator[str | Finish]:
+    async def stream(request: ChatRequest, try_: UpstreamTry) -> AsyncGenerator[str | Finish]:
         messages = list(request.messages)
         if request.system:
             messages.insert(0, {"role": "system", "content": request.system})
@@ -46,7 +46,7 @@ def build(settings: Settings) -> UpstreamProvider:
             params["stream_options"] = {"include_usage": True}
         # Leaving the block closes the connection: the server stops generating.
         async with client.chat.completions.with_streaming_response.create(stream=True, **params) as response:
-            attempt.opened = True
+            try_.opened = True
             finish_reason: str | None = None
             usage: dict[str, int] | None = None
             async for data in sse_data(response.iter_bytes()):

@@ -138,7 +138,7 @@ class StreamEndedEarly(TokenfanError):
     """The upstream stream ended without saying why it stopped."""
 
 
-class Attempt:
+class UpstreamTry:
     """Where one try is: ``opened`` once the server has answered with a stream."""
 
     def __init__(self) -> None:
@@ -146,7 +146,7 @@ class Attempt:
 
 
 # One try: request in, text pieces then one Finish out; raises the SDK's exceptions.
-StreamFn = Callable[[ChatRequest, Attempt], AsyncGenerator["str | Finish"]]
+StreamFn = Callable[[ChatRequest, UpstreamTry], AsyncGenerator["str | Finish"]]
 
 
 class UpstreamProvider:
@@ -167,8 +167,8 @@ class UpstreamProvider:
         deadline = loop.time() + policy.first_token_timeout_s
         tries = 0
         while True:
-            attempt = Attempt()
-            pieces = self.stream(request, attempt)
+            try_ = UpstreamTry()
+            pieces = self.stream(request, try_)
             try:
                 async with asyncio.timeout_at(deadline):
                     first = await anext(pieces)
@@ -181,7 +181,7 @@ class UpstreamProvider:
                 failure = UpstreamFailure(DISCONNECTED, f"{self.name}: the stream ended without any output", True)
             except Exception as exc:  # noqa: BLE001 - classified below; unknown ones re-raised
                 await pieces.aclose()
-                classified = self.classify(exc, attempt, started=False)
+                classified = self.classify(exc, try_, started=False)
                 if classified is None:
                     raise
                 failure = classified
@@ -210,14 +210,14 @@ class UpstreamProvider:
             async for piece in pieces:
                 yield piece
         except Exception as exc:  # noqa: BLE001
-            late = self.classify(exc, attempt, started=True)
+            late = self.classify(exc, try_, started=True)
             if late is None:
                 raise
             raise late from None
         finally:
             await pieces.aclose()
 
-    def classify(self, exc: BaseException, attempt: Attempt, started: bool) -> UpstreamFailure | None:
+    def classify(self, exc: BaseException, try_: UpstreamTry, started: bool) -> UpstreamFailure | None:
         """The failure an exception means, or None for one that is not about the upstream."""
         sdk = self.sdk
         where = f"{self.name} at {self.base_url}"
@@ -228,7 +228,7 @@ class UpstreamProvider:
         if isinstance(exc, sdk.APITimeoutError) or isinstance(exc, TRANSPORT_TIMEOUTS):
             return UpstreamFailure(TIMEOUT, f"{where}: timed out: {_cause(exc)}")
         if isinstance(exc, sdk.APIConnectionError) or isinstance(exc, TRANSPORT_ERRORS):
-            if attempt.opened or started:
+            if try_.opened or started:
                 return UpstreamFailure(DISCONNECTED, f"{where}: the stream broke off: {_cause(exc)}", not started)
             return UpstreamFailure(UNAVAILABLE, f"cannot reach {where}: {_cause(exc)}", retryable=True)
         if isinstance(exc, sdk.APIStatusError):

@@ -1,12 +1,42 @@
 """The arq side of the worker: the ``generate`` job, the arq settings that
-matter for latency and recovery, and a Worker whose poll sleep a nudge can cut
-short.
+matter for latency and recovery, and ``TokenfanWorker``, arq's Worker with a
+poll sleep a nudge can cut short and a fenced end of each run.
 
-``python -m worker`` runs it. ``arq worker.settings.WorkerSettings`` runs arq's
-own Worker: without the nudge (pickup then waits for the poll), and without
-the fenced end of a run and the renewal of a job between pickup and claim
-(``TokenfanWorker`` below), which take-overs need to be safe: use it for
-experiments only."""
+``python -m worker`` runs it. ``arq worker.arq_worker.WorkerSettings`` runs
+arq's own Worker: without the nudge (pickup then waits for the poll), and
+without the fenced end of a run and the renewal of a job between pickup and
+claim, which take-overs need to be safe: use it for experiments only.
+
+**SIGTERM (a deploy).** arq's ``job_completion_wait`` is set to
+``worker_shutdown_grace_s`` (5 s): on SIGTERM the worker stops taking jobs,
+lets its running generations go on for up to that long (short ones finish
+normally, their clients see nothing), then cancels the rest. arq requeues a
+cancelled job (``retry_jobs``) and deletes its in-progress key; the
+generation's ``finally`` releases its lease; and ``shutdown`` nudges
+the other workers, so one of them claims the chat at once, bumps its attempt
+and streams the answer again after a ``reset``. The grace period must stay
+below the supervisor's own (Docker: 10 s, Kubernetes: 30 s) or the worker is
+SIGKILLed mid-grace, which leases still recover from, only later. Every start
+counts toward ``max_attempts``, handed-back ones included.
+
+**Two attempts at once.** The reaper hands a chat on when its lease lapses;
+if the worker that held it was only stalled (a long pause, a network
+partition, a SIGSTOP), it wakes up and is fenced out by the new attempt: its
+next append is refused, or its lease renewal finds another attempt owning the
+chat. Both runs are runs of one arq job (the job id is the chat id), and
+share its keys (queue entry, job key, in-progress key). So arq's end of a
+run is fenced on the attempt (``TokenfanWorker.finish_job``,
+shared/lua/finish_job.lua): a run whose attempt no longer owns the
+chat leaves the job's keys alone (they belong to the run that took over), and
+a run that owns the chat never deletes the job while the chat has not ended
+(an arq ``job_timeout``, a failure): it hands it back. So a job lives exactly
+as long as its chat runs, whatever mix of stalls, SIGTERMs and SIGKILLs its
+runs meet, and every hand-on goes through arq's own queue: one run, one
+attempt. arq's ``max_tries`` is kept well above ``max_attempts``
+(``arq_max_tries``): a start that dies before its claim counts for arq but
+not for our attempts, and arq giving up first would drop the job without
+ending the chat.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +47,24 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.settings import Settings, get_settings
 from shared.store import ChatStore
-from worker import metrics, resilience
+from worker import metrics
+from worker.abandon import watch_abandoned
 from worker.coordination import Coordinator
 from worker.generation import Generator
 from worker.providers import load_provider
+from worker.redis_outage import poll, run_generation
 
 log = logging.getLogger("tokenfan.worker")
 
 
 async def generate(ctx: dict[str, Any], chat_id: str) -> None:
     with metrics.attempt(chat_id):  # chat_id/attempt on log lines, one line at the end
-        await resilience.run_generation(ctx, chat_id)  # Redis outages, fenced attempts: worker/resilience.py
+        await run_generation(ctx, chat_id)  # a Redis outage hands the job back: worker/redis_outage.py
 
 
 def connect(settings: Settings) -> ArqRedis:
@@ -53,16 +86,35 @@ async def startup(ctx: dict[str, Any]) -> None:
     await coordinator.start()
     pusher = metrics.Pusher(ctx["redis"], generator.running, settings.worker_metrics_interval_s).start()
     ctx.update(generator=generator, coordinator=coordinator, metrics_pusher=pusher)
-    await resilience.started(ctx, settings)
+    if settings.abandon_after_s > 0:
+        ctx["abandon_watch"] = asyncio.create_task(
+            watch_abandoned(ctx["redis"], generator, settings.abandon_after_s), name="tokenfan-abandon"
+        )
     log.info("worker ready: provider %s, queue %s", settings.provider, settings.queue_name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    """After arq has handed back the jobs it cancelled: stop our tasks and
+    nudge the other workers to take those jobs now rather than at their poll."""
     if "coordinator" in ctx:
         await ctx["coordinator"].stop()
     if "metrics_pusher" in ctx:
         await ctx["metrics_pusher"].stop()
-    await resilience.stopping(ctx)
+    watch = ctx.pop("abandon_watch", None)
+    if watch is not None:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    try:
+        await ctx["redis"].publish(keys.WORKERS_CHANNEL, "wake")
+    except (RedisError, OSError):
+        pass
+
+
+def arq_max_tries(settings: Settings) -> int:
+    """arq's limit on starts: far enough above ``max_attempts`` that our own
+    attempt limit (an ``error`` event on attempt ``max_attempts + 1``) always
+    comes first."""
+    return 2 * settings.max_attempts + 5
 
 
 def arq_options(settings: Settings) -> dict[str, Any]:
@@ -82,15 +134,15 @@ def arq_options(settings: Settings) -> dict[str, Any]:
         queue_read_limit=max(1000, 10 * settings.worker_max_jobs),
         # Every start counts, SIGTERM cancellations included; the job itself
         # writes the final error on attempt max_attempts + 1. arq's own limit
-        # stays well above that (worker/resilience.py): a start that dies before
+        # stays well above that (arq_max_tries): a start that dies before
         # it claims the chat counts for arq and not for us, and arq dropping the
         # job first would leave the chat unfinished.
-        max_tries=resilience.arq_max_tries(settings),
+        max_tries=arq_max_tries(settings),
         retry_jobs=True,
         keep_result=0,
         health_check_interval=settings.worker_health_check_s,
-        # SIGTERM: a grace period, then the rest is handed back (worker/resilience.py).
-        **resilience.arq_options(settings),
+        # SIGTERM: a grace period, then the rest is handed back (see above).
+        job_completion_wait=settings.worker_shutdown_grace_s,
     )
 
 
@@ -103,7 +155,7 @@ class TokenfanWorker(Worker):
             await self.on_startup(self.ctx)
         coordinator: Coordinator = self.ctx["coordinator"]
         while True:
-            await resilience.poll(self)  # survives Redis going away
+            await poll(self)  # survives Redis going away
             await coordinator.wait_for_work(self.poll_delay_s)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -143,7 +195,7 @@ class TokenfanWorker(Worker):
         # Several runs of one job can be alive at once (a stalled worker's and
         # the one that took its chat over); arq's own finish would let any of
         # them delete the job's keys from under the others. Fenced on the
-        # attempt instead (worker/resilience.py, shared/scripts.py FINISH_JOB).
+        # attempt instead (see above, and shared/lua/finish_job.lua).
         generator = self.ctx.get("generator")
         if generator is None or keep_in_progress is not None:
             return await super().finish_job(
