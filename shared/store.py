@@ -75,13 +75,13 @@ class ChatStore:
             await pipe.execute()
 
     async def meta(self, chat_id: str) -> dict[str, str] | None:
-        raw = await self.redis.hgetall(keys.meta(chat_id))
+        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.meta(chat_id))  # type: ignore[misc]
         if not raw:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def request(self, chat_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hget(keys.meta(chat_id), "request")
+        raw = await self.redis.hget(keys.meta(chat_id), "request")  # type: ignore[misc]
         return None if raw is None else orjson.loads(raw)
 
     # --- writing (worker, and the API's cancel of a queued chat) -------------

@@ -100,7 +100,7 @@ class LeaseRenewer:
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc)
                 continue
-            if lost:
+            if lost and self._loop is not None:
                 attempts = dict(held)
                 for chat_id in lost:
                     log.warning("chat %s: another attempt owns it now; stopping this one", chat_id)

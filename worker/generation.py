@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -175,7 +176,7 @@ class Generator:
         result = await self.store.append(chat_id, attempt, events, meta, lease_ms=self.lease_ms if renew else 0)
         if not result.accepted:
             raise _Refused(result.seq)
-        if renew:
+        if renew and running is not None:
             running.renewed_at = now
         if terminal is not None:
             metrics.terminal_appended(terminal, result.seq)
@@ -218,7 +219,10 @@ class Generator:
                     producer.cancel()
                     await _quietly(producer)
                     usage = _usage(request, completion_tokens)
-                    terminal = (EventType.DONE, {"finish_reason": "cancelled", "usage": usage})
+                    terminal: tuple[str, dict[str, Any]] = (
+                        EventType.DONE,
+                        {"finish_reason": "cancelled", "usage": usage},
+                    )
                     await self._append(chat_id, attempt, self._tokens(batch), terminal)
                     return
                 if producer.done():
@@ -266,7 +270,9 @@ class Generator:
                 await _quietly(producer)
 
     @staticmethod
-    def _terminal(producer: asyncio.Task, finish: Finish | None, request: ChatRequest, completion_tokens: int):
+    def _terminal(
+        producer: asyncio.Task, finish: Finish | None, request: ChatRequest, completion_tokens: int
+    ) -> tuple[str, dict[str, Any]]:
         exc = producer.exception()
         if exc is None:
             finish = finish or Finish()
@@ -286,7 +292,7 @@ def _stamped_tokens(batch: list[str]) -> list[tuple[str, dict]]:
     return [(EventType.TOKEN, {"text": "".join(batch), "ts": time.time()})] if batch else []
 
 
-def _error(code: str, message: str) -> tuple[str, dict]:
+def _error(code: str, message: str) -> tuple[str, dict[str, Any]]:
     # A lone surrogate (a bad upstream decode) would make the event unencodable.
     message = message.encode("utf-8", "replace").decode("utf-8")
     return (EventType.ERROR, {"code": code, "message": message})
@@ -307,7 +313,8 @@ async def _quietly(task: asyncio.Task) -> None:
     try:
         await task
     except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
             raise
     except Exception:  # noqa: BLE001 - its outcome was already decided
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import cast
 
 import redis
 
@@ -18,7 +19,8 @@ from shared.settings import get_settings
 
 def healthy(client: redis.Redis, host: str) -> bool:
     prefix = f"{host}:"
-    ids = [m.decode() for m in client.smembers(keys.WORKER_METRICS_SET)]
+    members = cast(set[bytes], client.smembers(keys.WORKER_METRICS_SET))  # a sync client: a set, not an awaitable
+    ids = [m.decode() for m in members]
     return any(client.exists(keys.worker_metrics(i)) for i in ids if i.startswith(prefix))
 
 
