@@ -1,5 +1,4 @@
-"""Structured logs for the API and the worker, and the Redis names through
-which workers hand their metrics to the API.
+"""Structured logs for the API and the worker.
 
 Logs: one line per record on stderr; JSON when stderr is not a terminal (or
 ``TOKENFAN_LOG_FORMAT=json``), a compact ``key=value`` text on a terminal.

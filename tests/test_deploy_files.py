@@ -203,6 +203,7 @@ def test_the_web_page_is_packaged() -> None:
         assert any(relative.match(pattern) for pattern in patterns), f"{relative} is not package data"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("env", "expected"),
     [({"PORT": "{free}"}, "free"), ({"PORT": "{other}", "TOKENFAN_PORT": "{free}"}, "free")],
