@@ -1,15 +1,19 @@
 """The hub on a real Redis: joins without gaps or duplicates, bounded slow
-clients, reconnects, and no channel left subscribed."""
+clients, reconnects (and their backoff), and no channel left subscribed,
+however a client leaves."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 from redis.asyncio import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.hub import Hub
+from api.relay import relay
 from shared import keys
 from tests.integration.conftest import new_chat
 from tests.waiting import eventually
@@ -185,3 +189,128 @@ async def test_a_client_joining_as_the_last_one_leaves_keeps_receiving(hub, stor
 
 async def _seqs(sub) -> list[int]:
     return [event.seq async for event in sub]
+
+
+# --- leaving while the join waits (issue 12 item 1) -----------------------------
+# Issue 12 item 1: a client that goes away while its join waits for the
+# SUBSCRIBE confirmation is unregistered, and its channel unsubscribed, like one
+# that leaves later. Driven through the relay, the code path of every stream.
+
+
+@pytest.fixture
+async def hub_and_switch(redis_url, store):
+    """A hub whose reconnects can be refused (``switch["down"] = True``), as
+    while Redis restarts."""
+    pool = ConnectionPool.from_url(redis_url, client_name="tokenfan-test-hub-leave")
+    switch = {"down": False}
+
+    def connection():
+        if switch["down"]:
+            raise RedisConnectionError("refused by the test")
+        return pool.make_connection()
+
+    hub = Hub(connection, store, queue_size=8, keepalive_s=1.0)
+    await hub.start()
+    await asyncio.wait_for(hub.connected.wait(), 5)
+    yield hub, switch
+    switch["down"] = False
+    await hub.stop()
+
+
+async def _consume(hub: Hub, chat_id: str) -> None:
+    async for _ in relay(hub, chat_id, 0, retry_ms=1000, already_complete=False):
+        pass
+
+
+async def _numsub(redis, chat_id: str) -> int:
+    channel = keys.live(chat_id)
+    return dict(await redis.pubsub_numsub(channel))[channel.encode()]
+
+
+async def test_clients_cancelled_while_their_confirmation_is_held_leave_no_trace(hub_and_switch, store, redis):
+    hub, _ = hub_and_switch
+    chat_id = await new_chat(store)
+    channel = keys.live(chat_id).encode()
+    dispatch = hub._dispatch
+
+    def without_confirmations(response):  # the confirmation never arrives
+        if response[0] == b"subscribe" and response[1] == channel:
+            return
+        dispatch(response)
+
+    hub._dispatch = without_confirmations
+    clients = [asyncio.create_task(_consume(hub, chat_id)) for _ in range(3)]
+    await eventually(lambda: hub.client_count == 3)
+    await eventually(lambda: _numsub(redis, chat_id))  # Redis did subscribe; only the answer is held
+    for client in clients:
+        client.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+    hub._dispatch = dispatch
+
+    assert hub.client_count == 0 and hub.channel_count == 0
+    await eventually(lambda: _numsub_is(redis, chat_id, 0))
+
+
+async def test_clients_that_give_up_while_the_hub_reconnects_are_not_resubscribed(hub_and_switch, store, redis):
+    hub, switch = hub_and_switch
+    chat_id = await new_chat(store)
+    reconnects = hub.reconnects
+    switch["down"] = True
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await eventually(lambda: hub.reconnects > reconnects and not hub.connected.is_set())
+
+    clients = [asyncio.create_task(_consume(hub, chat_id)) for _ in range(3)]
+    await eventually(lambda: hub.client_count == 3)
+    for client in clients:
+        client.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+    assert hub.client_count == 0 and hub.channel_count == 0
+
+    switch["down"] = False
+    await eventually(hub.connected.is_set)
+    # The hub's new connection subscribed its home channel only.
+    await eventually(lambda: _home_confirmed(hub))
+    assert await _numsub(redis, chat_id) == 0
+    assert hub.client_count == 0 and hub.channel_count == 0
+
+
+def _home_confirmed(hub: Hub) -> bool:
+    return hub.connected.is_set() and not hub._unconfirmed
+
+
+async def _numsub_is(redis, chat_id: str, n: int) -> bool:
+    return await _numsub(redis, chat_id) == n
+
+
+# --- the reconnect backoff (issue 12 item 13) -------------------------------------
+# Issue 12 item 13: the hub's reconnect backoff starts again from its
+# minimum once a connection has worked, so a process that saw a few drops over
+# its life does not wait 2 s after every later one.
+
+
+DROPS = 8  # the old backoff reached its 2 s cap after six
+
+
+def _live(hub: Hub) -> bool:
+    """Connected, and the home channel's SUBSCRIBE confirmed."""
+    return hub.connected.is_set() and not hub._unconfirmed
+
+
+async def test_each_drop_of_a_working_connection_reconnects_quickly(redis_url, store, redis):
+    pool = ConnectionPool.from_url(redis_url, client_name="tokenfan-test-hub-backoff")
+    hub = Hub(pool.make_connection, store, keepalive_s=1.0)
+    await hub.start()
+    try:
+        await eventually(lambda: _live(hub))
+        took = []
+        for _ in range(DROPS):
+            reconnects = hub.reconnects
+            started = time.monotonic()
+            await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await eventually(lambda: hub.reconnects > reconnects and _live(hub), timeout=10)  # noqa: B023
+            took.append(time.monotonic() - started)
+        # A healthy connection's drop: minimum backoff plus a local reconnect.
+        assert max(took[-3:]) < 1.0, [round(t, 2) for t in took]
+    finally:
+        await hub.stop()
+        await pool.aclose()
