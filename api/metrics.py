@@ -115,6 +115,13 @@ RELAY_LAG = _LoopHistogram(
 )
 
 
+def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in sorted(counts):
+        family.add_metric([value], counts[value])
+    return family
+
+
 class _CountsCollector:
     def collect(self) -> Iterator[Metric]:
         c = COUNTS
@@ -136,26 +143,22 @@ class _CountsCollector:
             "Client queues that overflowed: the client caught up from the log instead.",
             c.slow_client_fallbacks,
         )
-        relayed = CounterMetricFamily(
+        yield _by_label(
             "tokenfan_events_relayed",
             "Events written to SSE clients, by type. A token event is one batch of tokens: "
             "tokens themselves are counted by the workers (tokenfan_worker_tokens_total).",
-            labels=["type"],
+            "type",
+            _RELAYED,
         )
-        for etype in sorted(_RELAYED):
-            relayed.add_metric([etype], _RELAYED[etype])
-        yield relayed
         yield RELAY_LAG.family()
         yield CounterMetricFamily("tokenfan_resets_relayed", "Reset events written to clients.", _RELAYED["reset"])
-        errors = CounterMetricFamily(
+        yield _by_label(
             "tokenfan_errors",
             "Errors this process reported to clients, by code: error responses, and stream errors "
             '(log_expired; generation errors are tokenfan_events_relayed{type="error"}).',
-            labels=["code"],
+            "code",
+            _ERRORS,
         )
-        for code in sorted(_ERRORS):
-            errors.add_metric([code], _ERRORS[code])
-        yield errors
 
 
 REGISTRY.register(_CountsCollector())
