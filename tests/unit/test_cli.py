@@ -9,8 +9,9 @@ import json
 import httpx
 import pytest
 
-from tokenfan.cli import ChatFailed, RawView, StreamReader
-from tokenfan.cli import Event as CliEvent
+from tokenfan.chat_stream import ChatFailed, StreamReader
+from tokenfan.chat_stream import Event as CliEvent
+from tokenfan.cli import RawView
 
 CHAT = "c" * 32
 
