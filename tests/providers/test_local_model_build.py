@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenfan import local_model
+from tokenfan import llama_build, local_model
 
 STAND_IN = """#!{python}
 # A stand-in llama-server: /health answers; /completion answers, or {crash}.
@@ -80,16 +80,16 @@ class Compiler:
 
 
 def test_build_keys_differ_by_level_and_never_ask_for_native() -> None:
-    paths = {local_model.server_path(level) for level in local_model.LEVELS}
-    assert len(paths) == len(local_model.LEVELS)
-    assert "-DGGML_NATIVE=OFF" in local_model.CMAKE_OPTIONS
-    assert not any("NATIVE=ON" in option or "march=native" in option for option in local_model.CMAKE_OPTIONS)
-    for level, options in local_model.LEVELS.items():
+    paths = {local_model.server_path(level) for level in llama_build.LEVELS}
+    assert len(paths) == len(llama_build.LEVELS)
+    assert "-DGGML_NATIVE=OFF" in llama_build.CMAKE_OPTIONS
+    assert not any("NATIVE=ON" in option or "march=native" in option for option in llama_build.CMAKE_OPTIONS)
+    for level, options in llama_build.LEVELS.items():
         assert not any(o.startswith(("-DGGML_AMX", "-DGGML_AVX512")) and o.endswith("=ON") for o in options), level
 
 
 def test_a_crashing_cached_binary_is_detected_and_replaced(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_model, "candidate_levels", lambda: ["x86-64-v3", "x86-64"])
+    monkeypatch.setattr(llama_build, "candidate_levels", lambda: ["x86-64-v3", "x86-64"])
     # A binary in the cache from an earlier run, never smoke-tested on this CPU,
     # that dies at its first completion (as the native AMX build did).
     fast = local_model.server_path("x86-64-v3")
@@ -108,7 +108,7 @@ def test_a_crashing_cached_binary_is_detected_and_replaced(cache: Path, monkeypa
 
 
 def test_a_fresh_build_that_crashes_falls_back_to_the_portable_level(cache: Path, monkeypatch) -> None:
-    monkeypatch.setattr(local_model, "candidate_levels", lambda: ["x86-64-v3", "x86-64"])
+    monkeypatch.setattr(llama_build, "candidate_levels", lambda: ["x86-64-v3", "x86-64"])
     compiler = Compiler(crashing_levels={"x86-64-v3"})
     assert local_model.ensure_server(compiler=compiler) == local_model.server_path("x86-64")
     assert compiler.built == ["x86-64-v3", "x86-64"]
@@ -118,7 +118,7 @@ def test_a_fresh_build_that_crashes_falls_back_to_the_portable_level(cache: Path
 
 
 def test_when_no_build_runs_the_error_says_what_happened_and_what_to_do(cache: Path, monkeypatch) -> None:
-    monkeypatch.setattr(local_model, "candidate_levels", lambda: ["x86-64-v3", "x86-64"])
+    monkeypatch.setattr(llama_build, "candidate_levels", lambda: ["x86-64-v3", "x86-64"])
     compiler = Compiler(crashing_levels={"x86-64-v3", "x86-64"})
     with pytest.raises(local_model.LocalModelError) as failure:
         local_model.ensure_server(compiler=compiler)
