@@ -84,7 +84,6 @@ class Subscription:
         self._must_read_log = True  # step 2 of the join
         self._wake = asyncio.Event()
         self._ended: ChatEnded | None = None
-        self.log_reads = 0
         self.overflows = 0
 
     # Called by the hub's reader task; must never block.
@@ -125,7 +124,6 @@ class Subscription:
         while True:
             if self._must_read_log:
                 self._must_read_log = False
-                self.log_reads += 1
                 async for page in store.read_log(self.chat_id, self.last_seq):
                     batch = []
                     for event in page:

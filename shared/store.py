@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from shared import keys, scripts
 from shared.errors import TokenfanError
-from shared.events import Event, EventType, assemble_text, encode
+from shared.events import Event, EventType, encode
 
 FINISHED = frozenset({"done", "error"})
 
@@ -193,9 +193,6 @@ class ChatStore:
 
     async def events(self, chat_id: str, after: int = 0) -> list[Event]:
         return [event async for page in self.read_log(chat_id, after) for event in page]
-
-    async def text(self, chat_id: str) -> str:
-        return assemble_text(await self.events(chat_id))
 
 
 def renew_arguments(held: Iterable[tuple[str, int]], lease_ms: int) -> tuple[list[str], list[Any]]:
