@@ -332,6 +332,20 @@ class StreamRead:
     closed_by_server: bool = False  # the server ended the response (we did not cut it)
     times: list[float] = field(default_factory=list)  # monotonic arrival time per event
 
+    def take(self, sse: Any) -> Ev | None:
+        """Record one SSE message: an event (returned), or the ``retry:`` block."""
+        ev = _event_of(sse)
+        if ev is None:
+            if sse.retry is not None:
+                self.retry = sse.retry
+            return None
+        self.events.append(ev)
+        self.times.append(time.monotonic())
+        return ev
+
+    def full(self, max_events: int | None) -> bool:
+        return max_events is not None and len(self.events) >= max_events
+
 
 def stream_request_args(last_event_id: int | str | None, via: str) -> dict[str, Any]:
     headers: dict[str, str] = {}
@@ -375,16 +389,10 @@ def read_stream(
             es.response.read()
             return out
         for sse in es.iter_sse():
-            ev = _event_of(sse)
-            if ev is None:
-                if sse.retry is not None:
-                    out.retry = sse.retry
-                continue
-            out.events.append(ev)
-            out.times.append(time.monotonic())
-            if on_event:
+            ev = out.take(sse)
+            if ev is not None and on_event:
                 on_event(ev)
-            if max_events is not None and len(out.events) >= max_events:
+            if out.full(max_events):
                 return out
         out.closed_by_server = True
     return out
@@ -411,18 +419,12 @@ async def aread_stream(
         if on_open:
             on_open()
         async for sse in es.aiter_sse():
-            ev = _event_of(sse)
-            if ev is None:
-                if sse.retry is not None:
-                    out.retry = sse.retry
-                continue
-            out.events.append(ev)
-            out.times.append(time.monotonic())
-            if on_event:
+            ev = out.take(sse)
+            if ev is not None and on_event:
                 r = on_event(ev)
                 if asyncio.iscoroutine(r):
                     await r
-            if max_events is not None and len(out.events) >= max_events:
+            if out.full(max_events):
                 return out
         out.closed_by_server = True
     return out
