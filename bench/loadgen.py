@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import queue
 import sys
 import threading
@@ -47,8 +48,14 @@ class Control:
 
 
 def _emit(message: dict) -> None:
-    sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
-    sys.stdout.buffer.flush()
+    # One write() is not enough: children run with PYTHONUNBUFFERED, so stdout
+    # is a raw FileIO whose write() may take only part of a large result (a
+    # full pipe, a signal), and the benchmark then read a line cut short.
+    data = memoryview(orjson.dumps(message) + b"\n")
+    fd = sys.stdout.fileno()
+    os.set_blocking(fd, True)  # the event loop may have left it non-blocking
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def main() -> None:
@@ -94,8 +101,9 @@ class LoadGen:
             for line in stdout:
                 try:
                     self._messages.put(orjson.loads(line))
-                except ValueError:
-                    self._messages.put({"type": "error", "error": f"not a JSON message: {line[:200]!r}"})
+                except ValueError as exc:
+                    error = f"not a JSON message ({exc}; {len(line)} bytes): {line[:200]!r} ... {line[-200:]!r}"
+                    self._messages.put({"type": "error", "error": error})
         except OSError:
             pass
         self._messages.put(None)  # EOF
