@@ -15,8 +15,9 @@ from bench.procs import Run, prepare_peer
 
 T = TypeVar("T")
 
-# Every token event carries "ts", its append time (worker side, wall clock):
-# with the client's arrival stamps, one clock for every relay measurement.
+# Every token event carries "ts", the wall-clock time its first token came
+# from the model (worker side): with the client's arrival stamps, one clock
+# for every relay measurement, the batch's wait included.
 STAMP = {"TOKENFAN_STAMP_EVENTS": "true"}
 
 

@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     # --- Batching (worker) --------------------------------------------------
     batch_max_tokens: int = Field(5, ge=1)
     batch_max_delay_ms: float = Field(20.0, ge=0)
-    # Benchmarks: token events carry "ts", the wall-clock time of their append.
+    # Benchmarks: a token event carries "ts", the wall-clock time its first
+    # token came from the provider: lag then includes the batch's wait.
     stamp_events: bool = False
 
     # --- Streams (API) ------------------------------------------------------

@@ -62,7 +62,7 @@ class Generator:
         # the run (worker/arq_worker.py: TokenfanWorker.finish_job).
         self.claimed_attempts: dict[str, int] = {}
         self.cancel_poll_s = 1.0
-        self._tokens = _stamped_tokens if settings.stamp_events else _tokens
+        self._stamp = settings.stamp_events
 
     @property
     def lease_ms(self) -> int:
@@ -190,14 +190,28 @@ class Generator:
         wake = running.wake = asyncio.Event()
         finish: Finish | None = None
         completion_tokens = 0
+        stamp = self._stamp
+        first_arrival = 0.0  # stamp_events: when the batch's first token came from the provider
+
+        def tokens() -> list[tuple[str, dict]]:
+            """The batch as one token event (none when empty); empties the batch."""
+            if not batch:
+                return []
+            data: dict[str, Any] = {"text": "".join(batch)}
+            if stamp:
+                data["ts"] = first_arrival
+            batch.clear()
+            return [(EventType.TOKEN, data)]
 
         async def produce() -> None:
-            nonlocal finish, completion_tokens
+            nonlocal finish, completion_tokens, first_arrival
             try:
                 async for piece in self.provider(request):
                     if isinstance(piece, Finish):
                         finish = piece
                     elif piece:
+                        if stamp and not batch:
+                            first_arrival = time.time()
                         batch.append(piece)
                         completion_tokens += 1
                         wake.set()
@@ -223,17 +237,17 @@ class Generator:
                         EventType.DONE,
                         {"finish_reason": "cancelled", "usage": usage},
                     )
-                    await self._append(chat_id, attempt, self._tokens(batch), terminal)
+                    await self._append(chat_id, attempt, tokens(), terminal)
                     return
                 if producer.done():
                     terminal = self._terminal(producer, finish, request, completion_tokens)
-                    await self._append(chat_id, attempt, self._tokens(batch), terminal)
+                    await self._append(chat_id, attempt, tokens(), terminal)
                     return
                 if now > deadline:
                     producer.cancel()
                     await _quietly(producer)
                     terminal = _error("timeout", f"generation ran longer than {settings.job_timeout_s - 10} s")
-                    await self._append(chat_id, attempt, self._tokens(batch), terminal)
+                    await self._append(chat_id, attempt, tokens(), terminal)
                     return
                 if batch and not batch_started:
                     batch_started = now
@@ -242,7 +256,7 @@ class Generator:
                     if first_flush:
                         metrics.first_token()
                     first_flush = False
-                    pieces, batch[:] = self._tokens(batch), []
+                    pieces = tokens()
                     batch_started = 0.0
                     result = await self._append(chat_id, attempt, pieces)
                     last_cancel_check = time.monotonic()
@@ -282,14 +296,6 @@ class Generator:
             return _error(exc.code, exc.message)
         log.error("provider failed", exc_info=exc)
         return _error("provider_error", f"{type(exc).__name__}: {exc}"[:500])
-
-
-def _tokens(batch: list[str]) -> list[tuple[str, dict]]:
-    return [(EventType.TOKEN, {"text": "".join(batch)})] if batch else []
-
-
-def _stamped_tokens(batch: list[str]) -> list[tuple[str, dict]]:
-    return [(EventType.TOKEN, {"text": "".join(batch), "ts": time.time()})] if batch else []
 
 
 def _error(code: str, message: str) -> tuple[str, dict[str, Any]]:

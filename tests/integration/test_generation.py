@@ -242,6 +242,26 @@ async def test_benchmarks_can_have_token_events_stamped(store):
     assert stamps and all(before <= ts <= time.time() for ts in stamps)
 
 
+async def test_a_stamp_is_when_the_batchs_first_token_came_not_when_it_was_appended(store):
+    """The benchmark's lag runs from "ts": it must include the batch's wait."""
+    chat_id = await new_chat(store, max_tokens=10)
+    yielded: list[tuple[str, float]] = []
+
+    async def provider(request):
+        for text in ("a", "b", "c"):
+            yielded.append((text, time.time()))
+            yield text
+            await asyncio.sleep(0.03)
+
+    settings = make_settings(stamp_events=True, batch_max_delay_ms=200, batch_max_tokens=100)
+    await Generator(store, provider, settings).run(chat_id)
+    tokens = [e.payload() for e in await store.events(chat_id) if e.type == "token"]
+    # "a" goes out at once; "b" and "c" wait in one batch that "b" opened.
+    assert [t["text"] for t in tokens] == ["a", "bc"]
+    assert tokens[0]["ts"] == pytest.approx(yielded[0][1], abs=0.002)
+    assert tokens[1]["ts"] == pytest.approx(yielded[1][1], abs=0.002)
+
+
 # --- issue 12, item 2: an exception that does not come out of the provider ---------
 
 
