@@ -4,8 +4,9 @@ batches, end with ``done`` or ``error``.
 Batching: the first token is appended at once (it is what the user waits for);
 after it a batch is appended when it holds ``batch_max_tokens`` tokens or
 ``batch_max_delay_ms`` after its first token, whichever comes first. With a
-delay of 0 it batches like a group commit: each append takes whatever arrived
-while the previous one was in flight.
+delay of 0 (the default) it batches like a group commit: each append takes
+whatever arrived while the previous one was in flight, so a slow model waits
+for no window and a fast one batches by itself.
 
 Cancellation reaches the provider three ways: the append script returns the
 chat's cancel flag; a ``cancel <id>`` nudge on the workers' channel; and, while
