@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.create(settings)
         app.state.services = services
-        await services.hub.start()
+        await services.start()
         try:
             yield
         finally:

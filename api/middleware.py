@@ -128,8 +128,7 @@ class Guard:
             token = _query_param(scope, "token")
             if token is not None:
                 chat_id = stream[1]
-                secret = await self._services(scope).stream_secret()
-                if not tokens.verify(secret, chat_id, token):
+                if not await self._services(scope).secret.verify(chat_id, token):
                     raise errors.ApiError(
                         401, "invalid_stream_token", "the stream token is invalid or expired for this chat"
                     )
@@ -187,7 +186,7 @@ class Guard:
                 if chat_id is not None:
                     services = self._services(scope)
                     try:
-                        secret = await services.stream_secret()
+                        secret = await services.secret.current()
                     except (RedisError, OSError):
                         secret = None  # the header is a convenience: the answer goes out without it
                     if secret is not None:

@@ -91,7 +91,7 @@ async def submit_chat(services: Services, body: ChatCreate, *, extra: dict[str, 
 async def create_chat(body: ChatCreate, request: Request, response: Response) -> ChatCreated:
     services = services_of(request)
     chat_id = await submit_chat(services, body)
-    token = tokens.sign(await services.stream_secret(), chat_id, services.settings.stream_token_ttl_s)
+    token = tokens.sign(await services.secret.current(), chat_id, services.settings.stream_token_ttl_s)
     response.headers["Location"] = f"/chat/{chat_id}"
     return ChatCreated(id=chat_id, status="queued", stream_url=f"/chat/{chat_id}/stream", stream_token=token)
 

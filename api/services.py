@@ -9,15 +9,14 @@ connection."""
 from __future__ import annotations
 
 import os
-import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool
 
 from api.hub import Hub
 from api.liveness import Liveness
-from shared import keys
+from api.stream_secret import StreamSecret
 from shared.settings import Settings
 from shared.store import ChatStore
 
@@ -28,7 +27,10 @@ class Services:
     redis: ArqRedis
     store: ChatStore
     hub: Hub
-    _secret: bytes | None = None
+    secret: StreamSecret = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.secret = StreamSecret(self.redis, self.settings.secret)
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -59,16 +61,11 @@ class Services:
         )
         return cls(settings, redis, store, hub)
 
-    async def stream_secret(self) -> bytes:
-        """The configured secret, or one shared by every API process through Redis."""
-        if self._secret is None:
-            if self.settings.secret:
-                self._secret = self.settings.secret.encode()
-            else:
-                await self.redis.set(keys.SECRET, secrets.token_hex(32), nx=True)
-                self._secret = await self.redis.get(keys.SECRET)
-        return self._secret
+    async def start(self) -> None:
+        await self.hub.start()
+        self.secret.start()
 
     async def close(self) -> None:
+        await self.secret.stop()
         await self.hub.stop()
         await self.redis.aclose(close_connection_pool=True)
