@@ -16,8 +16,8 @@
 // the same answer length per prompt (so max_tokens gives the same token count),
 // words from the same list. With TOKENFAN_STAMP_EVENTS=true each token event
 // carries "ts", the wall clock when the token is handed to resumable-stream,
-// which publishes it at once: the peer's "append time", as tokenfan's worker
-// stamps just before its append. TOKENFAN_PROVIDER=bench.provider:numbered
+// which publishes it at once: the time the token came from the model, as
+// tokenfan's worker stamps an event with when its first token arrived. TOKENFAN_PROVIDER=bench.provider:numbered
 // gives bench/provider.py's tokens (" t0", " t1", ... 1 ms apart) instead, and
 // BENCH_PEER_HOLD_S keeps such a stream open that long after its last token,
 // since resumable-stream can only resume a stream that is still running.

@@ -8,8 +8,9 @@ a steady state of N active streams and N / chat length new chats per second
 (1,000 slots, 20 s chats: 50 chats/s, the rate of scenario 1), not a burst.
 
 Relay lag is, per token event, its arrival at the client minus its ``ts``
-(the worker's wall-clock stamp just before the append script runs): append
-round trip + pub/sub + the API's hub and SSE write + the client's read. The
+(the worker's wall-clock stamp of when the event's first token came from the
+model): any batching wait + append round trip + pub/sub + the API's hub and
+SSE write + the client's read. The
 peer stamps when its model hands the token to resumable-stream, which
 publishes it at once (one PUBLISH per reader). Only events appended inside
 the window (after every slot has started) count.
