@@ -2,8 +2,9 @@
 
 N streams stay open on one API process, each on its own chat, with nothing
 to send but heartbeats. The chats exist (created through the product's own
-``ChatStore.create``, as POST /chat does) but no worker runs, so they stay
-queued and their streams stay open and idle.
+``ChatStore.create``, as POST /chat does) and each has an arq job key, as an
+enqueued chat has, but no worker runs: they stay queued, and their streams
+open and idle (a chat with no job would be ended as stalled: api/liveness.py).
 
 Measured, once every stream is open: the API process's RSS growth per stream
 (RSS with the streams open minus RSS before, over N), and, per stream, every
@@ -146,7 +147,7 @@ def _hold(ctx: Context, s: dict[str, Any], label: str, server: Server, paths: li
 
 
 def _create_chats(ctx: Context, n: int) -> list[str]:
-    """Chats as POST /chat records them (without enqueueing: no worker runs)."""
+    """Chats as POST /chat records them, each with a (never run) job key: queued."""
     from redis.asyncio import BlockingConnectionPool, Redis
 
     from shared import keys
@@ -160,6 +161,10 @@ def _create_chats(ctx: Context, n: int) -> list[str]:
         try:
             for i in range(0, n, 500):
                 await asyncio.gather(*(store.create(c, request, model="simulated") for c in ids[i : i + 500]))
+                async with redis.pipeline(transaction=False) as pipe:
+                    for c in ids[i : i + 500]:
+                        pipe.set(keys.job(c), b"queued, never run (bench)", ex=3600)
+                    await pipe.execute()
         finally:
             await redis.aclose()
         return ids
