@@ -20,6 +20,7 @@ import itertools
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -269,6 +270,16 @@ class Cluster:
             proc.wait_ready(self.redis)
         return proc
 
+    def worker_running(self, chat_id: str, timeout: float = 10.0) -> WorkerProcess:
+        """The (first) worker that started the chat's job."""
+        running = wait_until(
+            lambda: [w for w in self.workers if w.alive() and w.ran_job(chat_id)],
+            timeout,
+            message=f"a worker running chat {chat_id}",
+        )
+        assert len(running) == 1, running
+        return running[0]
+
     def close(self) -> None:
         try:
             stop_all(self.processes)
@@ -396,6 +407,18 @@ def read_stream(
                 return out
         out.closed_by_server = True
     return out
+
+
+def read_in_background(
+    client: httpx.Client, base_url: str, chat_id: str, **kwargs: Any
+) -> tuple[threading.Thread, list[StreamRead]]:
+    """``read_stream`` in a thread: (the thread, a list that gets its result)."""
+    result: list[StreamRead] = []
+    reader = threading.Thread(
+        target=lambda: result.append(read_stream(client, base_url, chat_id, **kwargs)), daemon=True
+    )
+    reader.start()
+    return reader, result
 
 
 async def aread_stream(

@@ -15,6 +15,7 @@ from harness import (
     expected_text,
     get_chat,
     prompt_with_length,
+    read_in_background,
     read_stream,
     text_of,
     wait_chat_status,
@@ -101,9 +102,7 @@ def test_cancel_queued_chat(idle_cluster, client):
     api = idle_cluster.api
     chat_id = create_chat(client, api.url, "nobody will run this", max_tokens=20)
     assert get_chat(client, api.url, chat_id)["status"] == "queued"
-    result: list = []
-    reader = threading.Thread(target=lambda: result.append(read_stream(client, api.url, chat_id)), daemon=True)
-    reader.start()
+    reader, result = read_in_background(client, api.url, chat_id)
 
     r = client.delete(f"{api.url}/chat/{chat_id}")
     assert r.status_code == 200, r.text

@@ -15,10 +15,9 @@ from harness import (
     expected_text,
     get_chat,
     prompt_with_length,
-    read_stream,
+    read_in_background,
     record,
     text_of,
-    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -50,15 +49,9 @@ def test_worker_killed_mid_generation(cluster):
             if ev[0] == 5:
                 ready_to_kill.set()
 
-        result: list = []
-        reader = threading.Thread(
-            target=lambda: result.append(read_stream(client, api.url, chat_id, on_event=on_event)), daemon=True
-        )
-        reader.start()
+        reader, result = read_in_background(client, api.url, chat_id, on_event=on_event)
         assert ready_to_kill.wait(10), "the stream did not start"
-        (victim,) = wait_until(
-            lambda: [w for w in cluster.workers if w.ran_job(chat_id)], 5, message="the worker running the chat"
-        )
+        victim = cluster.worker_running(chat_id, timeout=5)
         (survivor,) = [w for w in cluster.workers if w is not victim]
         victim.kill()  # SIGKILL by PID
         kill["at"] = time.monotonic()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from harness import Cluster, expected_text, prompt_with_length
+from harness import Cluster, expected_text, get_chat, prompt_with_length, wait_until
 
 from hardening.follow import Followed, follow
 
@@ -218,3 +219,30 @@ def summary(values: Sequence[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
     return f"n={len(values)} median {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, worst {ordered[-1]:.2f} s"
+
+
+# --- a stalled worker ------------------------------------------------------------
+
+
+def fenced(worker: Any) -> bool:
+    """The worker's log says its attempt was fenced out."""
+    text = worker.log_text()
+    return "append refused (-1)" in text or "another attempt owns it now" in text
+
+
+def stall_until_taken_over(cluster: Cluster, client: httpx.Client, chat_id: str) -> tuple[Any, Any]:
+    """SIGSTOP the worker running the chat until another worker has taken it
+    over and streams; SIGCONT; wait until the stalled one knows it is fenced.
+    Returns (stalled worker, the one that took over)."""
+    api = cluster.api
+    first = cluster.worker_running(chat_id)
+    wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 5, 10, 0.02, "some events")
+    first.signal(signal.SIGSTOP)  # stalled, not dead
+    try:
+        wait_until(lambda: get_chat(client, api.url, chat_id)["attempt"] == 2, 15, 0.05, "the hand-over")
+        wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 10, 10, 0.05, "the new attempt")
+    finally:
+        first.signal(signal.SIGCONT)
+    wait_until(lambda: fenced(first), 10, 0.05, "the stalled attempt to be fenced")
+    (second,) = [w for w in cluster.workers if w is not first and w.ran_job(chat_id)]
+    return first, second

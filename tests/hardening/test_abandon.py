@@ -7,12 +7,11 @@ end. Off, a chat nobody watches runs to its end."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import httpx
 import pytest
-from harness import create_chat, expected_text, prompt_with_length, read_stream, record, wait_until
+from harness import create_chat, expected_text, prompt_with_length, read_in_background, read_stream, record, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,9 +48,7 @@ def test_abandoned_chats_are_cancelled_watched_ones_are_not(cluster, client):
     early = read_stream(client, api.url, left, max_events=3)
     left_at = time.monotonic()
     # "watched": a client reads it all, in a thread, meanwhile.
-    result: list = []
-    reader = threading.Thread(target=lambda: result.append(read_stream(client, api.url, watched)), daemon=True)
-    reader.start()
+    reader, result = read_in_background(client, api.url, watched)
 
     s = wait_until(lambda: (st := state(client, api, nobody))["status"] == "done" and st, 15, 0.05, "nobody's chat")
     nobody_after = time.monotonic() - created

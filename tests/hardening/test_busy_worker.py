@@ -10,12 +10,11 @@ the chat over."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import httpx
 import pytest
-from harness import expected_text, get_chat, prompt_with_length, read_stream, record, wait_until
+from harness import expected_text, get_chat, prompt_with_length, read_in_background, record, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +44,8 @@ def test_a_worker_paused_for_less_than_a_lease_keeps_its_chat(cluster):
     prompt = prompt_with_length(390, 419, "busy")  # ~20 s at 20 tokens/s
     with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
         chat_id = client.post(f"{api.url}/chat", json={"prompt": prompt, "max_tokens": 500}).json()["id"]
-        result: list = []
-        reader = threading.Thread(target=lambda: result.append(read_stream(client, api.url, chat_id)), daemon=True)
-        reader.start()
-        (worker,) = wait_until(lambda: [w for w in cluster.workers if w.ran_job(chat_id)], 10, 0.02, "a worker")
+        reader, result = read_in_background(client, api.url, chat_id)
+        worker = cluster.worker_running(chat_id)
         wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 5, 10, 0.02, "the answer to start")
         for i in range(STOPS):
             worker.signal(signal.SIGSTOP)

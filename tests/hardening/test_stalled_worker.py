@@ -8,12 +8,11 @@ end, handed on through arq's queue to the worker that is left
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import httpx
 import pytest
-from harness import expected_text, get_chat, prompt_with_length, read_stream, record, wait_until
+from harness import expected_text, get_chat, prompt_with_length, read_in_background, record
+
+from hardening.chaos import stall_until_taken_over
 
 pytestmark = pytest.mark.e2e
 
@@ -29,25 +28,9 @@ def test_fenced_out_job_outlives_a_dead_owner(cluster):
     prompt = prompt_with_length(390, 419, "stalled")  # ~7 s
     with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
         chat_id = client.post(f"{api.url}/chat", json={"prompt": prompt, "max_tokens": 500}).json()["id"]
-        result: list = []
-        reader = threading.Thread(target=lambda: result.append(read_stream(client, api.url, chat_id)), daemon=True)
-        reader.start()
-        (first,) = wait_until(lambda: [w for w in cluster.workers if w.ran_job(chat_id)], 10, 0.02, "a worker")
+        reader, result = read_in_background(client, api.url, chat_id)
+        first, _ = stall_until_taken_over(cluster, client, chat_id)
         (second,) = [w for w in cluster.workers if w is not first]
-        wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 5, 10, 0.02, "some events")
-
-        first.signal(signal.SIGSTOP)  # stalled, not dead
-        try:
-            wait_until(lambda: get_chat(client, api.url, chat_id)["attempt"] == 2, 15, 0.05, "the hand-over")
-            wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 10, 10, 0.05, "the new attempt")
-        finally:
-            first.signal(signal.SIGCONT)
-        wait_until(
-            lambda: "append refused (-1)" in first.log_text() or "another attempt owns it now" in first.log_text(),
-            10,
-            0.05,
-            "the stalled attempt to be fenced",
-        )
         assert get_chat(client, api.url, chat_id)["status"] == "running"
         second.kill()  # the new owner dies: only the fenced-out job is left to carry the chat
 

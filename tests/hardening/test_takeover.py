@@ -7,44 +7,13 @@ attempt burned by a run that fenced its own chat."""
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import httpx
 import pytest
-from harness import expected_text, get_chat, prompt_with_length, read_stream, record, wait_until
+from harness import expected_text, get_chat, prompt_with_length, read_in_background, record, wait_until
+
+from hardening.chaos import stall_until_taken_over
 
 pytestmark = pytest.mark.e2e
-
-
-def _fenced(worker) -> bool:
-    text = worker.log_text()
-    return "append refused (-1)" in text or "another attempt owns it now" in text
-
-
-def _follow(client, api, chat_id):
-    result: list = []
-    reader = threading.Thread(target=lambda: result.append(read_stream(client, api.url, chat_id)), daemon=True)
-    reader.start()
-    return reader, result
-
-
-def _stall_until_taken_over(cluster, client, chat_id):
-    """SIGSTOP the worker running the chat until another worker has taken it
-    over and streams; SIGCONT; wait until the stalled one knows it is fenced.
-    Returns (stalled worker, the one that took over)."""
-    api = cluster.api
-    (first,) = wait_until(lambda: [w for w in cluster.workers if w.ran_job(chat_id)], 10, 0.02, "a worker")
-    wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 5, 10, 0.02, "some events")
-    first.signal(signal.SIGSTOP)  # stalled, not dead
-    try:
-        wait_until(lambda: get_chat(client, api.url, chat_id)["attempt"] == 2, 15, 0.05, "the hand-over")
-        wait_until(lambda: get_chat(client, api.url, chat_id)["last_seq"] >= 10, 10, 0.05, "the new attempt")
-    finally:
-        first.signal(signal.SIGCONT)
-    wait_until(lambda: _fenced(first), 10, 0.05, "the stalled attempt to be fenced")
-    (second,) = [w for w in cluster.workers if w is not first and w.ran_job(chat_id)]
-    return first, second
 
 
 @pytest.fixture
@@ -62,8 +31,8 @@ def test_a_stall_then_a_graceful_stop_costs_two_resets_not_the_chat(cluster):
     prompt = prompt_with_length(390, 419, "takeover")  # ~7 s at 60 tokens/s
     with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
         chat_id = client.post(f"{api.url}/chat", json={"prompt": prompt, "max_tokens": 500}).json()["id"]
-        reader, result = _follow(client, api, chat_id)
-        _, second = _stall_until_taken_over(cluster, client, chat_id)
+        reader, result = read_in_background(client, api.url, chat_id)
+        _, second = stall_until_taken_over(cluster, client, chat_id)
         assert get_chat(client, api.url, chat_id)["status"] == "running"
 
         second.stop()  # SIGTERM: a deploy; waits for the process to exit
@@ -108,8 +77,8 @@ def test_arqs_job_timeout_never_drops_a_chat_that_runs(slow_cluster):
     want = expected_text(prompt, 500)
     with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
         chat_id = client.post(f"{api.url}/chat", json={"prompt": prompt, "max_tokens": 500}).json()["id"]
-        reader, result = _follow(client, api, chat_id)
-        _, second = _stall_until_taken_over(cluster, client, chat_id)
+        reader, result = read_in_background(client, api.url, chat_id)
+        _, second = stall_until_taken_over(cluster, client, chat_id)
         # Late in the second attempt (its job has run > 7 s of the first job's 20 s):
         wait_until(lambda: len(get_chat(client, api.url, chat_id)["text"]) >= 0.75 * len(want), 15, 0.05, "3/4")
         second.kill()  # the new owner dies; a re-run of the whole answer outlasts the first job's timeout

@@ -136,12 +136,7 @@ def test_page_drops_the_text_on_reset_when_a_worker_dies(cluster, client, watche
     prompt = prompt_with_length(250, 419, "page-reset")
     chat_id = ask(w, api.url, prompt)
     wait_until(lambda: int(w.status("last-event-id") or 0) >= 3, 10, message="three events on the page")
-    running = wait_until(
-        lambda: [p for p in cluster.workers if p.alive() and p.ran_job(chat_id)],
-        5,
-        message="the worker running the chat",
-    )
-    running[0].kill()
+    cluster.worker_running(chat_id, timeout=5).kill()
     w.wait_state("done", 30)
 
     state = get_chat(client, api.url, chat_id)
