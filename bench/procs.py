@@ -244,6 +244,12 @@ class Stack:
         names = {f"tokenfan-api-{api.pid}", f"tokenfan-api-{api.pid}-hub"}
         return sum(1 for c in r.client_list() if c.get("name") in names)
 
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.run.stop(list(reversed(self.children)))
         self.apis, self.workers, self.baselines, self.peers = [], [], [], []

@@ -43,14 +43,11 @@ def run(ctx: Context) -> list[Row]:
     details = {}
     for n in (1, 8):
         ctx.flush()
-        stack = Stack(ctx.run, f"pickup{n}", env).start(apis=0, workers=n)
-        try:
+        with Stack(ctx.run, f"pickup{n}", env).start(apis=0, workers=n):
             ctx.log(f"{NAME}: {n} idle worker(s): Redis commands over {s['idle_s']:g} s")
             idle = _idle_cost(ctx, s["settle_s"], s["idle_s"])
             ctx.log(f"{NAME}: {n} worker(s): {s['jobs']} pickups")
             m = asyncio.run(_pickups(ctx, s["jobs"], s["interval_s"]))
-        finally:
-            stack.close()
         details[n] = {**idle, "commands_per_job": m["commands_per_job"], "bad": m["bad"]}
         note = f"{len(m['times'])} jobs, {m['commands_per_job']:.0f} Redis commands/pickup" + (
             f", {m['bad']} FAILED" if m["bad"] else ""

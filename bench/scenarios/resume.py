@@ -83,7 +83,7 @@ def run(ctx: Context) -> list[Row]:
 
 
 def _measure(ctx: Context, s: dict[str, Any], kind: str, stack: Stack) -> dict[str, Any]:
-    try:
+    with stack:
         ctx.log(f"{NAME}: {kind}, {s['repeats']} reconnects {MISSED} events behind")
         server = stack.peer if kind == "peer" else stack.api
         gens, _ = start_loadgens(
@@ -93,8 +93,6 @@ def _measure(ctx: Context, s: dict[str, Any], kind: str, stack: Stack) -> dict[s
             [dict(port=server.port, repeats=s["repeats"], deadline_s=DEADLINE_S)],
         )
         (result,) = finish_loadgens(ctx.run, gens, DEADLINE_S + 30)
-    finally:
-        stack.close()
     return result
 
 

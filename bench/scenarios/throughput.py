@@ -59,40 +59,20 @@ ENV = {"TOKENFAN_SIM_TTFT_MS": "0", "TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_
 def run(ctx: Context) -> list[Row]:
     s = _settings(ctx)
     ctx.log(f"{NAME}: tokenfan, {s['concurrency']} concurrent streams, {s['window_s']:g} s window")
-    stack = Stack(ctx.run, "tput", ENV).start(apis=1, workers=1)
-    try:
-        tf = _measure(
-            ctx,
-            s,
-            "tokenfan",
-            stack.api.port,
-            {"api": stack.api, "worker": stack.workers[0], "redis": ctx.redis_process()},
-            profile_pid=stack.api.pid if ctx.profile else None,
-        )
-    finally:
-        stack.close()
+    with Stack(ctx.run, "tput", ENV).start(apis=1, workers=1) as stack:
+        procs = {"api": stack.api, "worker": stack.workers[0], "redis": ctx.redis_process()}
+        tf = _measure(ctx, s, "tokenfan", stack.api.port, procs, profile_pid=stack.api.pid if ctx.profile else None)
     ctx.log(f"{NAME}: direct baseline, same load")
-    stack = Stack(ctx.run, "direct", ENV).start(apis=0, baseline=True)
-    try:
-        direct = _measure(
-            ctx,
-            s,
-            "direct",
-            stack.baselines[0].port,
-            {"direct": stack.baselines[0]},
-            profile_pid=stack.baselines[0].pid if ctx.profile else None,
-        )
-    finally:
-        stack.close()
+    with Stack(ctx.run, "direct", ENV).start(apis=0, baseline=True) as stack:
+        direct_server = stack.baselines[0]
+        profile_pid = direct_server.pid if ctx.profile else None
+        direct = _measure(ctx, s, "direct", direct_server.port, {"direct": direct_server}, profile_pid=profile_pid)
 
     peer = None
     if ctx.has_peer():
         ctx.log(f"{NAME}: peer, same load")
-        stack = Stack(ctx.run, "peer", ENV).start(apis=0, peer=True)
-        try:
+        with Stack(ctx.run, "peer", ENV).start(apis=0, peer=True) as stack:
             peer = _measure(ctx, s, "peer", stack.peer.port, {"peer": stack.peer, "redis": ctx.redis_process()})
-        finally:
-            stack.close()
 
     ctx.details["throughput"] = {
         "settings": s,

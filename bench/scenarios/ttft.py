@@ -95,19 +95,13 @@ def _baselines(ctx: Context, env: dict[str, str], s: dict[str, Any], main: dict)
     """The seed and the peer at the first rate, and tokenfan against the seed."""
     rate = s["rate"]
     ctx.log(f"{NAME}: direct baseline (seed), {rate} chats/s for {s['duration_s']:g} s")
-    stack = Stack(ctx.run, "ttft-direct", env).start(apis=0, baseline=True)
-    try:
+    with Stack(ctx.run, "ttft-direct", env).start(apis=0, baseline=True) as stack:
         seed = _measure(ctx, stack, rate, s["duration_s"], kind="direct")
-    finally:
-        stack.close()
     peer = None
     if ctx.has_peer():
         ctx.log(f"{NAME}: peer, {rate} chats/s for {s['duration_s']:g} s")
-        stack = Stack(ctx.run, "ttft-peer", env).start(apis=0, peer=True)
-        try:
+        with Stack(ctx.run, "ttft-peer", env).start(apis=0, peer=True) as stack:
             peer = _measure(ctx, stack, rate, s["duration_s"], kind="peer")
-        finally:
-            stack.close()
     ctx.details["ttft"]["seed"] = _brief(seed)
     ctx.details["ttft"]["peer"] = _brief(peer) if peer else None
 
