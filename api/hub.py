@@ -198,6 +198,7 @@ class Hub:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._worked = False  # the current connection has confirmed a subscription
+        self._heard = 0  # responses read: the keepalive's sign of life
 
     # --- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -363,21 +364,35 @@ class Hub:
             self._unconfirmed[channel] = 1
         self._command("SUBSCRIBE", *channels)
         writer = asyncio.create_task(self._write(conn, self._outbox), name="tokenfan-hub-writer")
+        keepalive = asyncio.create_task(self._keep_alive(conn), name="tokenfan-hub-keepalive")
         self.connected.set()
-        last_heard = time.monotonic()
         try:
             while True:
-                response = await conn.read_response(timeout=self.keepalive_s)
-                now = time.monotonic()
-                if response is None:
-                    if now - last_heard > 2 * self.keepalive_s:
-                        raise ConnectionError("pub/sub connection silent; presumed dead")
-                    self._command("PING")
-                    continue
-                last_heard = now
+                # No read timeout: a timeout per read costs a timer per message
+                # on the hottest path; _keep_alive watches for silence instead.
+                response = await conn.read_response()
+                self._heard += 1
                 self._dispatch(response)
         finally:
             writer.cancel()
+            keepalive.cancel()
+
+    async def _keep_alive(self, conn: Connection) -> None:
+        """PING a connection that has been quiet for ``keepalive_s``; close it
+        when it stays silent for two intervals in a row (a dead peer behind a
+        half-open TCP connection): the reader's read then fails, and it reconnects."""
+        heard, silent = -1, 0
+        while True:
+            await asyncio.sleep(self.keepalive_s)
+            if self._heard != heard:
+                heard, silent = self._heard, 0
+                continue
+            silent += 1
+            if silent >= 2:
+                log.warning("hub pub/sub connection silent for %.0f s; presumed dead", 2 * self.keepalive_s)
+                await conn.disconnect(nowait=True)
+                return
+            self._command("PING")
 
     def _dispatch(self, response: list) -> None:
         kind = response[0]

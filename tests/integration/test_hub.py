@@ -314,3 +314,25 @@ async def test_each_drop_of_a_working_connection_reconnects_quickly(redis_url, s
     finally:
         await hub.stop()
         await pool.aclose()
+
+
+async def test_a_silent_connection_is_presumed_dead_and_replaced(redis_url, store, redis):
+    # A half-open connection answers nothing: Redis paused stands in for it.
+    pool = ConnectionPool.from_url(redis_url, client_name="tokenfan-test-hub-silent")
+    hub = Hub(pool.make_connection, store, keepalive_s=0.3)
+    await hub.start()
+    try:
+        await eventually(lambda: _live(hub))
+        writer = await Writer.start(store)
+        reader = asyncio.create_task(read_all(hub, writer.chat_id))
+        await eventually(lambda: hub.client_count == 1)
+        await writer.tokens(1, 5)
+        reconnects = hub.reconnects
+        await redis.execute_command("CLIENT", "PAUSE", 2000, "ALL")  # PINGs go unanswered for 2 s
+        await eventually(lambda: hub.reconnects > reconnects, timeout=5)
+        await writer.tokens(6, 10)
+        await writer.done()
+        assert await reader == list(range(1, 12))
+    finally:
+        await hub.stop()
+        await pool.aclose()
