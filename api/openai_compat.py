@@ -104,13 +104,12 @@ from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
 from api.relay import check_last_event_id, relay_events
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
 from api.services import Services
-from api.sse_response import EventSourceResponse
+from api.sse_response import EventSourceResponse, event_stream
 from shared.events import Event, EventType, assemble_text
 from shared.store import LogExpired
 
 log = logging.getLogger("tokenfan.api")
 
-HEARTBEAT = b": ping\n"  # no blank line: see the module docstring
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
 MODEL_CREATED = 0  # GET /v1/models: tokenfan does not know when a model was made
 
@@ -254,13 +253,10 @@ async def _empty() -> AsyncIterator[bytes]:
 def _event_stream(
     services: Services, chat_id: str, after: int, encoder: ChunkEncoder, *, complete: bool = False
 ) -> EventSourceResponse:
-    settings = services.settings
-    return EventSourceResponse(
+    return event_stream(
         _empty() if complete else relay_events(services.hub, chat_id, after, _ChunkStream(chat_id, encoder)),
-        ping=settings.heartbeat_s,
-        ping_message_factory=lambda: HEARTBEAT,  # bytes pass through sse-starlette untouched
-        send_timeout=settings.send_timeout_s,
-        headers={"X-Chat-Id": chat_id},
+        services.settings,
+        chat_id,
         # An API shutdown ends the stream like a Redis failure does (see above).
         farewell=_message(None, openai_body(503, "unavailable", f"server shutting down; {_resume_hint(chat_id)}")),
     )

@@ -105,16 +105,15 @@ async def relay_events(
 
 
 def relay(
-    hub: Hub, chat_id: str, after: int, *, retry_ms: int, already_complete: bool, meta: dict[str, str] | None = None
+    hub: Hub, chat_id: str, after: int, *, retry_ms: int, meta: dict[str, str] | None = None
 ) -> AsyncIterator[bytes]:
     """The native stream: ``retry``, then every event after ``after``, until a
     terminal one. (No generator of its own around relay_events: one hop less
-    per write.)"""
-    retry = b"retry: %d\n\n" % retry_ms
-    if already_complete:
-        return _only(retry)  # the client already has the terminal event
-    return relay_events(hub, chat_id, after, NATIVE, meta, preamble=retry)
+    per write.)
 
-
-async def _only(frame: bytes) -> AsyncIterator[bytes]:
-    yield frame
+    The ``retry:`` line has no blank line of its own: it belongs to the first
+    event. A blank line after it would be an event without data, which
+    fetch-event-source and httpx-sse hand to the application as an empty
+    message (and ``JSON.parse("")`` fails); every parser applies ``retry``
+    when it reads the line."""
+    return relay_events(hub, chat_id, after, NATIVE, meta, preamble=b"retry: %d\n" % retry_ms)

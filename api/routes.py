@@ -9,14 +9,13 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
-from sse_starlette import ServerSentEvent
 
 from api import admission, auth, metrics, tokens
 from api.errors import ApiError, error_response, not_found, unavailable
 from api.relay import check_last_event_id, relay
 from api.schemas import ChatCreate, ChatCreated, ChatState, ErrorBody
 from api.services import Services
-from api.sse_response import EventSourceResponse
+from api.sse_response import EventSourceResponse, event_stream
 from shared import keys
 from shared.events import EventType, assemble_text
 from shared.store import ALREADY_FINISHED, FINISHED, terminal_meta
@@ -96,27 +95,30 @@ async def create_chat(body: ChatCreate, request: Request, response: Response) ->
     return ChatCreated(id=chat_id, status="queued", stream_url=f"/chat/{chat_id}/stream", stream_token=token)
 
 
-@router.get("/chat/{chat_id}/stream", responses=_ERRORS, response_class=EventSourceResponse)
+@router.get(
+    "/chat/{chat_id}/stream",
+    responses={**_ERRORS, 204: {"description": "the Last-Event-ID is the chat's terminal event: nothing more to send"}},
+    response_class=EventSourceResponse,
+)
 async def stream_chat(
     chat_id: str,
     request: Request,
     last_event_id: str | None = Query(None, description="for clients that cannot send the Last-Event-ID header"),
     token: str | None = Query(None, description="the stream_token from POST /chat"),
-) -> EventSourceResponse:
+) -> Response:
     services = services_of(request)
     settings = services.settings
     # The header wins: a browser's automatic reconnect sends the newest id
     # there while the URL still holds the one the page started with.
     after = parse_last_event_id(request.headers.get("last-event-id", last_event_id))
     meta = await load_meta(services, chat_id)
-    complete = check_last_event_id(after, meta)
-    return EventSourceResponse(
-        relay(services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, already_complete=complete, meta=meta),
-        ping=settings.heartbeat_s,
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
-        send_timeout=settings.send_timeout_s,
-        headers={"X-Chat-Id": chat_id},
-    )
+    if check_last_event_id(after, meta):
+        # The client has the terminal event. 204 is what tells an EventSource
+        # to stop reconnecting (a 200 with nothing in it has it back every
+        # ``retry`` ms, for ever, when it does not close itself on done).
+        return Response(status_code=204, headers={"X-Chat-Id": chat_id})
+    body = relay(services.hub, chat_id, after, retry_ms=settings.sse_retry_ms, meta=meta)
+    return event_stream(body, settings, chat_id)
 
 
 @router.get("/chat/{chat_id}", response_model=ChatState, responses=_ERRORS)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -37,6 +38,12 @@ log = logging.getLogger("tokenfan.api")
 
 DEFAULT_SHUTDOWN_RETRY_MS = 250
 FAREWELL_SEND_TIMEOUT_S = 1.0
+# A comment line with no blank line after it: it keeps proxies from timing the
+# connection out and dispatches nothing in any SSE parser. ``: ping\n\n`` is an
+# event without data to fetch-event-source, httpx-sse and the OpenAI SDKs
+# (after the first id: they hand it on as an empty message, which JSON.parse
+# and the SDKs' decoders fail on).
+HEARTBEAT = b": ping\n"
 
 
 # sse-starlette >= 3.7.1 ends a stream it cancelled for a shutdown with the
@@ -101,4 +108,18 @@ def _retry_frame(scope: Scope) -> bytes:
         retry_ms = scope["app"].state.services.settings.shutdown_retry_ms
     except (KeyError, AttributeError):
         retry_ms = DEFAULT_SHUTDOWN_RETRY_MS
-    return b"retry: %d\n\n" % retry_ms
+    return b"retry: %d\n" % retry_ms  # a line, not an event: see HEARTBEAT
+
+
+def event_stream(
+    body: AsyncIterator[bytes], settings: Any, chat_id: str, *, farewell: bytes | None = None
+) -> EventSourceResponse:
+    """A chat's SSE response, with the deployment's heartbeat and send timeout."""
+    return EventSourceResponse(
+        body,
+        ping=settings.heartbeat_s,
+        ping_message_factory=lambda: HEARTBEAT,  # bytes pass through sse-starlette untouched
+        send_timeout=settings.send_timeout_s,
+        headers={"X-Chat-Id": chat_id},
+        farewell=farewell,
+    )

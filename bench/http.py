@@ -34,7 +34,7 @@ class SSEDecoder:
     ``on_event(id, event_type, data, arrival)`` per event and
     ``on_comment(arrival)`` per comment line (heartbeats)."""
 
-    __slots__ = ("_buf", "on_event", "on_comment", "retry")
+    __slots__ = ("_buf", "on_event", "on_comment", "retry", "_id", "_type", "_data")
 
     def __init__(
         self,
@@ -45,6 +45,10 @@ class SSEDecoder:
         self.on_event = on_event
         self.on_comment = on_comment
         self.retry: int | None = None
+        # The event being read: its id, type and data lines so far.
+        self._id: int | None = None
+        self._type = "message"
+        self._data: bytes | None = None
 
     def feed(self, data: bytes, now: float) -> None:
         buf = self._buf + data if self._buf else data
@@ -53,35 +57,33 @@ class SSEDecoder:
             buf, hold = buf[:-1], b"\r"
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        frames = buf.split(b"\n\n")
-        self._buf = frames.pop() + hold
-        for frame in frames:
-            self._frame(frame, now)
-
-    def _frame(self, frame: bytes, now: float) -> None:
-        event_id: int | None = None
-        etype = "message"
-        data: bytes | None = None
-        for line in frame.split(b"\n"):
+        # Line by line, as the spec reads a stream: a comment (a heartbeat)
+        # counts when its line ends, with or without a blank line after it.
+        lines = buf.split(b"\n")
+        self._buf = lines.pop() + hold
+        for line in lines:
             if not line:
-                continue
-            if line[0] == 58:  # ":" a comment
+                if self._data is not None:
+                    self.on_event(self._id, self._type, self._data, now)
+                self._id, self._type, self._data = None, "message", None
+            elif line[0] == 58:  # ":" a comment
                 if self.on_comment is not None:
                     self.on_comment(now)
-                continue
-            field, _, value = line.partition(b":")
-            if value[:1] == b" ":
-                value = value[1:]
-            if field == b"data":
-                data = value if data is None else data + b"\n" + value
-            elif field == b"id":
-                event_id = int(value) if value else None
-            elif field == b"event":
-                etype = value.decode()
-            elif field == b"retry":
-                self.retry = int(value)
-        if data is not None:
-            self.on_event(event_id, etype, data, now)
+            else:
+                self._field(line)
+
+    def _field(self, line: bytes) -> None:
+        field, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data = value if self._data is None else self._data + b"\n" + value
+        elif field == b"id":
+            self._id = int(value) if value else None
+        elif field == b"event":
+            self._type = value.decode()
+        elif field == b"retry":
+            self.retry = int(value)
 
 
 class HttpProtocol(asyncio.Protocol):

@@ -344,11 +344,11 @@ class StreamRead:
     times: list[float] = field(default_factory=list)  # monotonic arrival time per event
 
     def take(self, sse: Any) -> Ev | None:
-        """Record one SSE message: an event (returned), or the ``retry:`` block."""
+        """Record one SSE message: an event (returned), and its ``retry:``, if any."""
+        if sse.retry is not None:
+            self.retry = sse.retry
         ev = _event_of(sse)
         if ev is None:
-            if sse.retry is not None:
-                self.retry = sse.retry
             return None
         self.events.append(ev)
         self.times.append(time.monotonic())
@@ -373,8 +373,8 @@ def stream_request_args(last_event_id: int | str | None, via: str) -> dict[str, 
 
 def _event_of(sse: Any) -> Ev | None:
     if not sse.data:
-        # The leading "retry:" block, or a ": ping" heartbeat, which httpx-sse
-        # reports as an empty event carrying the previous id: not an event.
+        # A shutdown's farewell (a lone "retry:" line), or a stream cut after
+        # one: httpx-sse reports it as an empty event. Not an event.
         return None
     return (int(sse.id) if sse.id else -1, sse.event, sse.data)
 
@@ -520,6 +520,8 @@ def prompt_with_length(min_tokens: int, max_tokens: int = 419, tag: str = "") ->
     ``max_tokens`` tokens (deterministic search; a fresh ``tag`` gives a new one)."""
     from worker.providers.simulated import answer_length
 
+    if max(min_tokens, 20) > min(max_tokens, 419):  # else the search below never ends
+        raise ValueError(f"the simulated model answers 20..419 tokens, not {min_tokens}..{max_tokens}")
     for i in itertools.count():
         prompt = f"e2e prompt {tag} {i}"
         if min_tokens <= answer_length(prompt) <= max_tokens:

@@ -84,6 +84,8 @@ class StreamReader:
                     self.client, "GET", f"/chat/{self.chat_id}/stream", headers=headers, params=params
                 ) as source:
                     response = source.response
+                    if response.status_code == 204:
+                        return  # we hold the terminal event already: nothing more to send
                     if response.status_code != 200:
                         response.read()
                         if response.status_code not in RETRYABLE_STATUS:
@@ -98,7 +100,7 @@ class StreamReader:
                             if sse.retry is not None:
                                 self.retry_s = max(sse.retry / 1000, 0.05)
                             if not sse.event or (sse.event == "message" and not sse.data):
-                                continue  # the "retry:" block
+                                continue  # a lone "retry:" (an API shutting down), not an event
                             event = _event_of(sse)
                             if event.type != "error" and event.id is not None:
                                 if event.id <= self.last_id:

@@ -78,14 +78,32 @@ def test_resume_finished_chat_at_every_cut(cluster, client, via):
     api = cluster.api
     chat_id, _, full = finished_chat(client, api, tag=f"resume-{via}")
     n = len(full)
-    for k in range(n + 1):
+    for k in range(n):  # at n, the terminal id: 204 (the next test)
         rest = read_stream(client, api.url, chat_id, last_event_id=k, via=via)
         assert rest.status_code == 200
         assert rest.closed_by_server
         assert full[:k] + rest.events == full, f"resume after {k} ({via}) differs"
 
 
-def test_resume_at_terminal_id_closes_at_once(cluster, client):
+def test_every_frame_is_an_event_heartbeats_and_retry_included(clusters, client):
+    # fetch-event-source and httpx-sse hand a blank-line-terminated block
+    # without data to the application as an empty message (JSON.parse fails):
+    # the retry: line and the heartbeats must not make such blocks.
+    api = clusters(env={"TOKENFAN_SIM_TOKENS_PER_S": "10", "TOKENFAN_HEARTBEAT_S": "0.02"}).api
+    chat_id = create_chat(client, api.url, prompt_with_length(20, 60, "framing"), max_tokens=12)
+    with client.stream("GET", f"{api.url}/chat/{chat_id}/stream") as response:
+        raw = response.read()
+    assert raw.startswith(b"retry: 2000\nid: 1\n"), raw[:80]
+    assert b": ping\n" in raw, "no heartbeat while tokens came 100 ms apart"
+    blocks = raw.split(b"\n\n")
+    assert blocks.pop() == b""  # the stream ends with its done event's blank line
+    for block in blocks:
+        assert any(line.startswith(b"data: ") for line in block.split(b"\n")), block
+    state = get_chat(client, api.url, chat_id)
+    assert len(blocks) == state["last_seq"]
+
+
+def test_resume_at_terminal_id_answers_204_at_once(cluster, client):
     api = cluster.api
     chat_id, _, full = finished_chat(client, api, tag="terminal")
     last = full[-1][0]
@@ -93,8 +111,7 @@ def test_resume_at_terminal_id_closes_at_once(cluster, client):
         started = time.monotonic()
         rest = read_stream(client, api.url, chat_id, last_event_id=last, via=via)
         elapsed = time.monotonic() - started
-        assert rest.status_code == 200
-        assert rest.closed_by_server
+        assert rest.status_code == 204  # EventSource stops reconnecting on 204
         assert rest.events == []
         assert elapsed < 1.0, f"took {elapsed:.2f} s to close"
 

@@ -78,23 +78,34 @@ def _runs(ids: list[int]) -> str:
 
 
 class _Parser:
+    """SSE read as the spec reads it, line by line: an event is complete at its
+    blank line, and ``retry`` counts as soon as its line is read (a server
+    going away sends it alone, with no event after it)."""
+
     def __init__(self) -> None:
         self.buffer = b""
+        self.event: dict[str, Any] = {}
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        """The complete frames in what has arrived so far."""
+        """The complete events in what has arrived so far, and a ``{"retry"}``
+        entry for each retry line."""
         self.buffer += chunk.replace(b"\r\n", b"\n")
+        *lines, self.buffer = self.buffer.split(b"\n")
         frames = []
-        while b"\n\n" in self.buffer:
-            raw, self.buffer = self.buffer.split(b"\n\n", 1)
-            frame: dict[str, Any] = {}
-            for line in raw.split(b"\n"):
-                if not line or line.startswith(b":"):
-                    continue
-                name, _, value = line.partition(b":")
-                frame[name.decode()] = value[1:].decode() if value.startswith(b" ") else value.decode()
-            if frame:
-                frames.append(frame)
+        for line in lines:
+            if not line:
+                if self.event:
+                    frames.append(self.event)
+                    self.event = {}
+                continue
+            if line.startswith(b":"):
+                continue
+            name, _, value = line.partition(b":")
+            text = value[1:].decode() if value.startswith(b" ") else value.decode()
+            if name == b"retry":
+                frames.append({"retry": text})
+            else:
+                self.event[name.decode()] = text
         return frames
 
 

@@ -218,7 +218,7 @@ async def hub_and_switch(redis_url, store):
 
 
 async def _consume(hub: Hub, chat_id: str) -> None:
-    async for _ in relay(hub, chat_id, 0, retry_ms=1000, already_complete=False):
+    async for _ in relay(hub, chat_id, 0, retry_ms=1000):
         pass
 
 

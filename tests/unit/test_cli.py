@@ -17,7 +17,7 @@ CHAT = "c" * 32
 
 
 def sse(*events: tuple[int | None, str, dict], retry: int | None = 50) -> bytes:
-    out = b"retry: %d\n\n" % retry if retry else b""
+    out = b"retry: %d\n" % retry if retry else b""  # part of the first event, as the API sends it
     for seq, etype, data in events:
         out += (
             b"id: %d\n" % seq if seq is not None else b""
@@ -73,6 +73,12 @@ def test_reader_gives_up_on_refusals_and_passes_idless_errors():
     reader, _ = reader_over([(200, sse((5, "token", {"text": "x"}), (None, "error", {"code": "log_expired"})))])
     events = list(reader.events())
     assert events[-1].type == "error" and events[-1].data["code"] == "log_expired"
+
+
+def test_reader_stops_on_204_when_it_holds_the_terminal_event_already():
+    reader, seen = reader_over([(204, b"")], after=7)
+    assert list(reader.events()) == []
+    assert seen == [{"last_event_id": "7", "params": {"token": "tok"}}]
 
 
 def test_reader_gives_up_after_the_reconnect_timeout():
