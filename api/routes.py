@@ -86,11 +86,28 @@ async def submit_chat(services: Services, body: ChatCreate, *, extra: dict[str, 
     return chat_id
 
 
-@router.post("/chat", status_code=202, response_model=ChatCreated, responses=_ERRORS)
-async def create_chat(body: ChatCreate, request: Request, response: Response) -> ChatCreated:
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "with `Accept: text/event-stream`: the chat's stream itself (as GET /chat/{id}/stream), "
+        "with its id in `X-Chat-Id` and its stream token in `X-Stream-Token`",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@router.post("/chat", status_code=202, response_model=ChatCreated, responses={**_ERRORS, **_STREAMED})
+async def create_chat(body: ChatCreate, request: Request, response: Response) -> ChatCreated | Response:
     services = services_of(request)
+    settings = services.settings
     chat_id = await submit_chat(services, body)
-    token = tokens.sign(await services.secret.current(), chat_id, services.settings.stream_token_ttl_s)
+    token = tokens.sign(await services.secret.current(), chat_id, settings.stream_token_ttl_s)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        # One request instead of two: the client is subscribed while a worker
+        # picks the chat up, rather than a round trip after. It resumes with
+        # GET /chat/{id}/stream like any other stream.
+        stream = event_stream(relay(services.hub, chat_id, 0, retry_ms=settings.sse_retry_ms), settings, chat_id)
+        stream.headers.update({"Location": f"/chat/{chat_id}", "X-Stream-Token": token})
+        return stream
     response.headers["Location"] = f"/chat/{chat_id}"
     return ChatCreated(id=chat_id, status="queued", stream_url=f"/chat/{chat_id}/stream", stream_token=token)
 

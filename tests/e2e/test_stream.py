@@ -9,7 +9,9 @@ import time
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 from harness import (
+    StreamRead,
     Sampler,
     aread_stream,
     assert_complete_sequence,
@@ -71,6 +73,30 @@ def test_full_stream_matches_get(cluster, client):
     assert state["last_seq"] == full.events[-1][0]
     assert text_of(full.events) == state["text"] == expected_text(prompt, 500)
     assert state["text"]
+
+
+def test_post_with_accept_event_stream_answers_with_the_stream(cluster, client):
+    api = cluster.api
+    prompt = prompt_with_length(60, 120, "one-request")
+    headers = {"accept": "text/event-stream"}
+    with connect_sse(client, "POST", f"{api.url}/chat", json={"prompt": prompt}, headers=headers) as es:
+        assert es.response.status_code == 200
+        chat_id = es.response.headers["x-chat-id"]
+        assert es.response.headers["location"] == f"/chat/{chat_id}"
+        assert es.response.headers["x-stream-token"]
+        out = StreamRead()
+        for sse in es.iter_sse():
+            out.take(sse)
+    assert out.retry == 2000
+    assert_complete_sequence(out.events)
+    assert out.events[-1][1] == "done"
+    assert text_of(out.events) == get_chat(client, api.url, chat_id)["text"] == expected_text(prompt, 512)
+    # The same chat, the same ids: a client cut off resumes with GET as usual.
+    rest = read_stream(client, api.url, chat_id, last_event_id=3)
+    assert out.events[:3] + rest.events == out.events
+    # Bad input is refused before any stream starts.
+    refused = client.post(f"{api.url}/chat", json={"prompt": ""}, headers=headers)
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/json"
 
 
 @pytest.mark.parametrize("via", ["header", "query"])
