@@ -9,10 +9,9 @@ import time
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
 from harness import (
-    StreamRead,
     Sampler,
+    StreamRead,
     aread_stream,
     assert_complete_sequence,
     create_chat,
@@ -24,6 +23,7 @@ from harness import (
     text_of,
     wait_chat_status,
 )
+from httpx_sse import connect_sse
 
 pytestmark = pytest.mark.e2e
 
