@@ -11,14 +11,14 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api import admission, auth, metrics, tokens
-from api.errors import ApiError, error_response, not_found, unavailable
+from api.errors import ApiError, error_response, not_found
 from api.relay import check_last_event_id, relay
 from api.schemas import ChatCreate, ChatCreated, ChatState, ErrorBody
 from api.services import Services
 from api.sse_response import EventSourceResponse, event_stream
 from shared import keys
 from shared.events import EventType, assemble_text
-from shared.store import ALREADY_FINISHED, FINISHED, terminal_meta
+from shared.store import ALREADY_FINISHED, FINISHED, QueueFull, terminal_meta
 
 log = logging.getLogger("tokenfan.api")
 
@@ -70,18 +70,15 @@ async def submit_chat(services: Services, body: ChatCreate, *, extra: dict[str, 
         "temperature": body.temperature,
         "system": body.system,
     }
-    await admission.admit(services, messages, body.system, model)  # 413 too many messages, 503 queue full
+    admission.admit(services.settings, messages, body.system, model)  # 413 too many messages, 422
     chat_id = keys.new_chat_id()
-    await services.store.create(chat_id, stored, model=model, owner=auth.current_owner())
-    job = await services.redis.enqueue_job("generate", chat_id, _job_id=chat_id, _queue_name=settings.queue_name)
-    if job is None:  # cannot happen with fresh random ids; never report a chat that will not run
-        raise unavailable("could not enqueue the chat")
+    job = admission.queued_job(services.redis, settings, chat_id)
     try:
-        await services.redis.publish(keys.WORKERS_CHANNEL, "wake")
-    except (RedisError, OSError) as exc:
-        # The chat is enqueued: answering 503 now would have a retrying client
-        # run it twice. The workers' poll picks it up without the nudge.
-        log.warning("chat %s enqueued, but the workers' wake-up failed: %s", chat_id, exc)
+        # Admission (503 when the queue is full), metadata, arq job and the
+        # workers' wake-up, in one round trip: the first token comes sooner.
+        await services.store.submit(chat_id, stored, job, model=model, owner=auth.current_owner())
+    except QueueFull as full:
+        raise admission.queue_full(settings, full.waiting) from None
     metrics.chat_submitted(chat_id, stored)
     return chat_id
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 _CHAT_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -66,6 +66,10 @@ def in_progress(chat_id: str) -> str:
 
 def retry(chat_id: str) -> str:
     return retry_key_prefix + chat_id
+
+
+def result(chat_id: str) -> str:
+    return result_key_prefix + chat_id
 
 
 # --- other ---------------------------------------------------------------------

@@ -35,6 +35,25 @@ class AppendResult:
         return self.seq >= 0
 
 
+class QueueFull(TokenfanError):
+    """Admission refused a chat: this many already wait for a worker."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} chats are waiting for a worker")
+        self.waiting = waiting
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """An arq job as arq's ``enqueue_job`` writes it, for ``ChatStore.submit``."""
+
+    queue_name: str
+    payload: bytes  # arq.jobs.serialize_job(...)
+    score_ms: int  # when it may run: its enqueue time
+    expires_ms: int  # the job key's lifetime
+    max_queued: int = 0  # admission: refuse when this many wait (0: no limit)
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     previous_status: str  # "queued", "running", "done", "error" or "missing"
@@ -53,26 +72,43 @@ class ChatStore:
         self._renew = redis.register_script(scripts.RENEW)
         self._reap = redis.register_script(scripts.REAP)
         self._finish_job = redis.register_script(scripts.FINISH_JOB)
+        self._submit = redis.register_script(scripts.SUBMIT)
         self._release = redis.register_script(scripts.RELEASE)
 
     # --- metadata ----------------------------------------------------------
+    def _new_meta(self, request: dict[str, Any], model: str, owner: str) -> dict[str, bytes | str | int]:
+        return {
+            "status": "queued",
+            "created_at": f"{time.time():.3f}",
+            "model": model,
+            "owner": owner,
+            "attempt": 0,
+            "last_seq": 0,
+            "request": orjson.dumps(request),
+        }
+
     async def create(self, chat_id: str, request: dict[str, Any], *, model: str, owner: str = "") -> None:
+        """Record a chat without enqueueing it (tests, tools); ``submit`` does both."""
         key = keys.meta(chat_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "status": "queued",
-                    "created_at": f"{time.time():.3f}",
-                    "model": model,
-                    "owner": owner,
-                    "attempt": 0,
-                    "last_seq": 0,
-                    "request": orjson.dumps(request),
-                },
-            )
+            pipe.hset(key, mapping=self._new_meta(request, model, owner))
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
+
+    async def submit(self, chat_id: str, request: dict[str, Any], job: QueuedJob, *, model: str, owner: str) -> None:
+        """Record a chat and enqueue its job at once (shared/lua/submit.lua);
+        ``QueueFull`` when ``job.max_queued`` chats already wait."""
+        args: list[bytes | str | int] = [
+            *(chat_id, job.max_queued, self.ttl_s, job.payload, job.expires_ms, job.score_ms, keys.WORKERS_CHANNEL),
+            *(x for pair in self._new_meta(request, model, owner).items() for x in pair),
+        ]
+        verdict, waiting = await self._submit(
+            keys=[keys.meta(chat_id), keys.job(chat_id), keys.result(chat_id), job.queue_name, keys.RUNNING], args=args
+        )
+        if verdict == b"queue_full":
+            raise QueueFull(int(waiting))
+        if verdict != b"ok":  # a job of that id exists: cannot happen with fresh random ids
+            raise RuntimeError(f"chat {chat_id}: its job already exists")
 
     async def meta(self, chat_id: str) -> dict[str, str] | None:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.meta(chat_id))  # type: ignore[misc]

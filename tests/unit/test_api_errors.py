@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
+from arq.jobs import Job
+from arq.utils import to_unix_ms
 
 from shared import keys
 from shared.store import ChatStore
-from tests.unit.test_api_routes import client, redis  # noqa: F401  (fixtures)
+from tests.unit.test_api_routes import SETTINGS, client, redis  # noqa: F401  (fixtures)
+from tests.unit.test_hardening import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -24,12 +28,20 @@ async def test_get_chat_after_the_log_was_trimmed_is_a_json_error(client, redis)
     assert response.json()["error"]["code"] == "log_expired"
 
 
-async def test_a_chat_once_enqueued_is_a_202_even_if_the_wake_up_fails(client, redis, monkeypatch):  # noqa: F811
-    async def publish_fails(channel, message):
-        raise RedisConnectionError("Redis went away right after the enqueue")
+async def test_an_accepted_chat_is_enqueued_as_arq_itself_would_enqueue_it(client, redis):  # noqa: F811
+    # POST /chat writes arq's job in its own script (one round trip): what arq
+    # reads back must be what ArqRedis.enqueue_job would have written.
+    chat_id = (await client.post("/chat", json={"prompt": "hi"})).json()["id"]
+    info = await Job(chat_id, redis, _queue_name=SETTINGS.queue_name).info()
+    assert info is not None and info.function == "generate" and info.args == (chat_id,) and info.job_try is None
+    assert await redis.zscore(SETTINGS.queue_name, chat_id) == info.score == to_unix_ms(info.enqueue_time)
+    assert 86_390_000 < await redis.pttl(keys.job(chat_id)) <= 86_400_000  # arq's expires_extra_ms
+    assert (await redis.hgetall(keys.meta(chat_id)))[b"status"] == b"queued"
 
-    monkeypatch.setattr(redis, "publish", publish_fails)
-    response = await client.post("/chat", json={"prompt": "hi"})
-    assert response.status_code == 202, response.text  # a retry would run the chat twice
-    chat_id = response.json()["id"]
-    assert await redis.exists(f"arq:job:{chat_id}")  # the workers' poll finds it
+
+async def test_concurrent_chats_never_overshoot_the_queue_limit(redis):  # noqa: F811
+    settings = SETTINGS.model_copy(update={"max_queued": 5})
+    async with client_for(settings, redis) as capped:
+        answers = await asyncio.gather(*(capped.post("/chat", json={"prompt": "hi"}) for _ in range(20)))
+    assert sorted(r.status_code for r in answers) == [202] * 5 + [503] * 15
+    assert await redis.zcard(SETTINGS.queue_name) == 5
