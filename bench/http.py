@@ -288,12 +288,30 @@ class HttpClient:
         """GET an SSE stream on a new connection and feed it to ``decoder``
         until the server ends the response; return the status. Cancelling the
         caller closes the connection."""
+        status, _ = await self.open_stream("GET", path, decoder, headers, on_head)
+        return status
+
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        decoder: SSEDecoder,
+        headers: dict[str, str] | None = None,
+        on_head: Callable[[int, float], None] | None = None,
+        payload: dict | None = None,
+    ) -> tuple[int, dict[bytes, bytes]]:
+        """``stream`` for any method (a JSON ``payload`` as the body); returns
+        the status and the response's headers (lower-case names)."""
         conn = await self.connect()
         try:
             conn.on_head = on_head
-            waiter = conn.send("GET", path, {"Accept": "text/event-stream", **(headers or {})}, None, decoder.feed)
-            status, _, _ = await waiter
-            return status
+            headers = {"Accept": "text/event-stream", **(headers or {})}
+            body = None
+            if payload is not None:
+                body = orjson.dumps(payload)
+                headers["Content-Type"] = "application/json"
+            status, response_headers, _ = await conn.send(method, path, headers, body, decoder.feed)
+            return status, response_headers
         finally:
             conn.close()
 
