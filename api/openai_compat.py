@@ -190,6 +190,10 @@ class ChunkEncoder:
         if seq == 1:
             delta = {"role": "assistant", **delta}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if with_id:
+            # The SDKs hide the SSE id: the same number in the chunk is what
+            # their users can resume after (GET .../stream, Last-Event-ID).
+            extra["tokenfan_seq"] = seq
         return _message(seq if with_id else None, {**self._head("chat.completion.chunk"), "choices": [choice], **extra})
 
     def frames(self, event: Event) -> bytes:
@@ -365,6 +369,6 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.get("/models/{model_id:path}", responses=_ERRORS)
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    if model_id != services_of(request).settings.model:
-        raise OpenAIError(404, "model_not_found", f"the model '{model_id}' does not exist", "model")
+    # POST passes any model name on to the provider (the upstream decides), so
+    # any name is a model here too: a 404 would contradict the POST that works.
     return _model(model_id)

@@ -1,10 +1,16 @@
 """The request body of ``POST /v1/chat/completions``: OpenAI's chat-completions
-shape, reduced to what tokenfan uses. Fields it does not know (``top_p``,
-``user``, ``tools``, ``seed``…) are ignored, not rejected, as most
-OpenAI-compatible servers do. ``to_chat_create`` turns it into the native
-``ChatCreate``, which stays the one place that validates a chat."""
+shape, reduced to what tokenfan uses. Fields that only tune sampling or
+bookkeeping (``top_p``, ``user``, ``seed``…) are ignored, as most
+OpenAI-compatible servers do. Fields that change what the answer must be
+(``tools``, ``tool_choice``, ``response_format``, ``stop``…) are refused with
+a 422 naming the field: dropping them silently hands a client an answer it
+did not ask for (LangChain's ``with_structured_output`` then fails on it,
+``bind_tools`` gets no tool calls). ``to_chat_create`` turns the body into the
+native ``ChatCreate``, which stays the one place that validates a chat."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +57,13 @@ class ChatCompletionRequest(_Lenient):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     n: int | None = None
+    # Refused unless absent or at their no-op value (see the module docstring).
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -61,6 +74,7 @@ class ChatCompletionRequest(_Lenient):
         ``ValidationError`` from ``ChatCreate``."""
         if self.n not in (None, 1):
             raise UnsupportedInput("n", "only n=1 is supported")
+        self._refuse_what_would_change_the_answer()
         messages = []
         for i, message in enumerate(self.messages):
             role = _ROLES.get(message.role)
@@ -74,6 +88,18 @@ class ChatCompletionRequest(_Lenient):
             max_tokens=self.max_completion_tokens or self.max_tokens,
             temperature=self.temperature,
         )
+
+    def _refuse_what_would_change_the_answer(self) -> None:
+        for param, value, no_op in (
+            ("tools", self.tools, ([],)),
+            ("tool_choice", self.tool_choice, ("none",)),
+            ("functions", self.functions, ([],)),
+            ("function_call", self.function_call, ("none",)),
+            ("response_format", self.response_format, ({"type": "text"},)),
+            ("stop", self.stop, ([], "")),
+        ):
+            if value is not None and value not in no_op:
+                raise UnsupportedInput(param, f"'{param}' is not supported by this server; send the request without it")
 
 
 def _text_of(content: str | list[ContentPart] | None, param: str) -> str:
