@@ -33,6 +33,7 @@ SCENARIOS = {
     "resume": "bench.scenarios.resume",
     "pickup": "bench.scenarios.pickup",
     "fanout": "bench.scenarios.fanout",
+    "overload": "bench.scenarios.overload",
 }
 
 
