@@ -30,5 +30,6 @@ RENEW = _load("renew")  # the leases of the chats a worker runs; fenced
 RELEASE = _load("release")  # an attempt's lease, when it ends; fenced
 REAP = _load("reap")  # the chats whose lease lapsed
 FINISH_JOB = _load("finish_job")  # arq's end of one run of a chat's job; fenced
+START_JOB = _load("start_job")  # arq's pickup of one job: its in-progress key
 SUBMIT = _load("submit")  # a new chat: admission, metadata, arq job and wake-up
 RATELIMIT_TAKE = _load("ratelimit_take")  # tokens from a rate-limit bucket

@@ -59,6 +59,7 @@ class Claim:
     previous_status: str  # "queued", "running", "done", "error" or "missing"
     attempt: int  # 0: nothing to run
     last_seq: int
+    request: dict[str, Any] | None = None  # what to run (with attempt > 0)
 
 
 class ChatStore:
@@ -116,10 +117,6 @@ class ChatStore:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def request(self, chat_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hget(keys.meta(chat_id), "request")  # type: ignore[misc]
-        return None if raw is None else orjson.loads(raw)
-
     # --- writing (worker, and the API's cancel of a queued chat) -------------
     async def append(
         self,
@@ -151,10 +148,11 @@ class ChatStore:
         return AppendResult(int(seq), bool(cancelled))
 
     async def claim(self, chat_id: str, lease_ms: int) -> Claim:
-        status, attempt, last_seq = await self._claim(
+        status, attempt, last_seq, *request = await self._claim(
             keys=[keys.meta(chat_id), keys.RUNNING, keys.in_progress(chat_id)], args=[chat_id, lease_ms]
         )
-        return Claim(status.decode(), int(attempt), int(last_seq))
+        stored = orjson.loads(request[0]) if request and request[0] else None
+        return Claim(status.decode(), int(attempt), int(last_seq), stored)
 
     async def renew_leases(self, held: Iterable[tuple[str, int]], lease_ms: int) -> list[str]:
         """Renew the leases of ``(chat_id, attempt)`` pairs (attempt 0: picked

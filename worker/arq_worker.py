@@ -45,11 +45,12 @@ import logging
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, scripts
 from shared.settings import Settings, get_settings
 from shared.store import ChatStore
 from worker import metrics
@@ -151,6 +152,7 @@ class TokenfanWorker(Worker):
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
+        self._start_job = self.pool.register_script(scripts.START_JOB)
         if self.on_startup:
             await self.on_startup(self.ctx)
         coordinator: Coordinator = self.ctx["coordinator"]
@@ -168,6 +170,10 @@ class TokenfanWorker(Worker):
         # jobs with one pipelined EXISTS on their in-progress keys; what is
         # left goes through arq's own claim (WATCH/MULTI on the in-progress
         # key), so a job still starts at most once.
+        #
+        # arq's claim itself (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC: four
+        # round trips per job, on every new chat's way to its first token) is
+        # one script here, shared/lua/start_job.lua, with the same rule.
         job_ids = [j for j in job_ids if not _running(self.tasks.get(j.decode()))]
         if len(job_ids) > 1:
             async with self.pool.pipeline(transaction=False) as pipe:
@@ -175,12 +181,27 @@ class TokenfanWorker(Worker):
                     pipe.exists(keys.in_progress(j.decode()))
                 running = await pipe.execute()
             job_ids = [j for j, r in zip(job_ids, running, strict=True) if not r]
-        await super().start_jobs(job_ids)
         generator = self.ctx.get("generator")
-        if generator is not None:
-            for j in job_ids:  # started here: keep the in-progress key alive until the claim
-                if _running(self.tasks.get(j.decode())):
-                    generator.job_picked(j.decode())
+        for job_id_b in job_ids:  # what arq's start_jobs does, but for the claim
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            score = await self._start_job(
+                keys=[keys.in_progress(job_id), self.queue_name],
+                args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+            )
+            if not score:  # started elsewhere, finished, or deferred
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+            if generator is not None:  # started here: keep the in-progress key alive until the claim
+                generator.job_picked(job_id)
 
     async def finish_job(
         self,

@@ -121,7 +121,7 @@ class Generator:
                 reason = "worker_lost" if claim.previous_status == "running" else "retry"
                 await self._append(chat_id, attempt, [(EventType.RESET, {"attempt": attempt, "reason": reason})])
                 metrics.reset(reason)
-            stored = await self.store.request(chat_id)
+            stored = claim.request
             if stored is None:
                 return  # expired while queued
             await self._stream(chat_id, attempt, ChatRequest.from_stored(stored), running)
