@@ -1,6 +1,13 @@
 """The ``run`` and ``redis`` commands: the whole stack (embedded Redis, one API
 process, N workers) supervised in one terminal, and the embedded redis-server
-alone. ``python -m tokenfan`` (tokenfan/__main__.py) parses the command line."""
+alone. ``python -m tokenfan`` (tokenfan/__main__.py) parses the command line.
+
+``run`` restarts a child that dies once the stack is up (killing the API to
+watch a stream resume is a demo, not a reason to stop): after
+``RESTART_BACKOFF_S``, doubled for each death in a row up to
+``RESTART_BACKOFF_MAX_S``; a child that ran ``RESTART_STABLE_S`` counts as a
+first death again. A child that dies during start-up stops everything: that
+is a configuration error, which a restart would only repeat."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 from tokenfan.embedded_redis import (
@@ -28,6 +36,9 @@ from tokenfan.embedded_redis import (
 HEALTH_DEADLINE_S = 30.0
 CHILD_STOP_GRACE_S = 10.0
 SUPERVISE_INTERVAL_S = 0.1
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_STABLE_S = 60.0
 
 
 def _log(message: str) -> None:
@@ -126,7 +137,9 @@ def _client_host(host: str) -> str:
     return host
 
 
-def _spawn(name: str, argv: list[str], env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+def _spawn(
+    name: str, argv: list[str], env: dict[str, str], restarted: bool = False
+) -> tuple[str, subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         argv,
         env=env,
@@ -136,8 +149,78 @@ def _spawn(name: str, argv: list[str], env: dict[str, str]) -> tuple[str, subpro
         start_new_session=True,
         preexec_fn=child_preexec_fn(),
     )
-    _log(f"started {name} (pid {proc.pid}): {' '.join(argv)}")
+    _log(f"{'restarted' if restarted else 'started'} {name} (pid {proc.pid}): {' '.join(argv)}")
     return name, proc
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class _Restarts:
+    """One child's deaths in a row and when it is due to start again."""
+
+    started_at: float
+    deaths: int = 0
+    due_at: float | None = None
+
+    def died(self, now: float) -> float:
+        """Record a death; the delay before the restart."""
+        self.deaths = 1 if now - self.started_at >= RESTART_STABLE_S else self.deaths + 1
+        delay = min(RESTART_BACKOFF_S * 2 ** (self.deaths - 1), RESTART_BACKOFF_MAX_S)
+        self.due_at = now + delay
+        return delay
+
+
+def _supervise(
+    procs: list[tuple[str, subprocess.Popen[bytes]]],
+    argvs: dict[str, list[str]],
+    env: dict[str, str],
+    redis: EmbeddedRedis | None,
+    stop: _StopSignals,
+) -> None:
+    """Until a stop signal: restart each child that dies, with a back-off.
+    ``procs`` is updated in place (the caller stops what it holds)."""
+    now = time.monotonic()
+    restarts = {name: _Restarts(now) for name in argvs}
+    redis_restarts = _Restarts(now)
+    while not stop.event.wait(SUPERVISE_INTERVAL_S):
+        now = time.monotonic()
+        if redis is not None:
+            code = redis.poll() if redis_restarts.due_at is None else None
+            if code is not None:
+                delay = redis_restarts.died(now)
+                _log(f"redis {_exit_text(code)}; restarting it in {delay:.1f} s (see {redis.log_path})")
+            elif redis_restarts.due_at is not None and now >= redis_restarts.due_at:
+                redis_restarts.due_at = None
+                redis.stop()
+                try:
+                    redis.start()
+                except EmbeddedRedisError as exc:
+                    redis_restarts.started_at = time.monotonic()
+                    delay = redis_restarts.died(time.monotonic())
+                    _log(f"redis did not start again: {exc}; next try in {delay:.1f} s")
+                else:
+                    redis_restarts.started_at = time.monotonic()
+                    _log(f"restarted redis (pid {redis.pid}) at {redis.url}")
+        for i, (name, proc) in enumerate(procs):
+            r = restarts[name]
+            if r.due_at is None:
+                code = proc.poll()
+                if code is not None:
+                    delay = r.died(now)
+                    again = f" ({r.deaths} times in a row)" if r.deaths > 1 else ""
+                    _log(f"{name} (pid {proc.pid}) {_exit_text(code)}{again}; restarting it in {delay:.1f} s")
+            elif now >= r.due_at:
+                r.due_at = None
+                r.started_at = now
+                procs[i] = _spawn(name, argvs[name], env, restarted=True)
 
 
 def _first_exited(
@@ -220,16 +303,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 _log(f"using Redis at {settings.redis_url}")
 
-            procs.append(_spawn("api", [sys.executable, "-m", "api"], env))
-            for i in range(args.workers):
-                procs.append(_spawn(f"worker-{i + 1}", [sys.executable, "-m", "worker"], env))
+            argvs = {"api": [sys.executable, "-m", "api"]}
+            argvs.update({f"worker-{i + 1}": [sys.executable, "-m", "worker"] for i in range(args.workers)})
+            procs.extend(_spawn(name, argv, env) for name, argv in argvs.items())
 
             health_url = f"{base_url}/healthz"
             deadline = time.monotonic() + HEALTH_DEADLINE_S
             while not _healthy(health_url):
                 exited = _first_exited(procs, redis)
                 if exited is not None:
-                    _log(f"{exited[0]} exited with code {exited[1]} during start-up; stopping")
+                    _log(f"{exited[0]} {_exit_text(exited[1])} during start-up; stopping")
                     return 1
                 if time.monotonic() >= deadline:
                     _log(f"{health_url} did not answer 200 within {HEALTH_DEADLINE_S:.0f} s; stopping")
@@ -244,15 +327,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"  curl -s -X POST {base_url}/chat -H 'content-type: application/json' "
                 '-d \'{"prompt":"Hello"}\'\n'
                 f"  curl -N {base_url}/chat/<id>/stream\n\n"
-                "Ctrl-C stops everything.\n",
+                "A process that dies is started again; Ctrl-C stops everything.\n",
                 flush=True,
             )
 
-            while not stop.event.wait(SUPERVISE_INTERVAL_S):
-                exited = _first_exited(procs, redis)
-                if exited is not None:
-                    _log(f"{exited[0]} exited unexpectedly with code {exited[1]}; stopping everything")
-                    return 1
+            _supervise(procs, argvs, env, redis, stop)
             _log(f"{stop.name} received; stopping")
             return 0
         finally:

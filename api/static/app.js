@@ -5,6 +5,10 @@
 // server's `retry:` delay and sends Last-Event-ID: the server replays exactly
 // what was missed. If the browser gives up (an HTTP error while the server is
 // unhealthy), the page opens a new EventSource itself with ?last_event_id=.
+//
+// The chat on screen (id, stream URL and token, prompt) is kept in
+// sessionStorage: a reload reads it back and replays the chat's log from the
+// start, then follows it live, so the answer is whole again.
 "use strict";
 
 (() => {
@@ -24,6 +28,8 @@
   };
 
   const MANUAL_RETRIES = 8;
+  const RESTORED_RETRIES = 2; // a chat kept from before a reload may have expired
+  const SAVED = "tokenfan.chat";
   let chat = null; // the chat on screen
 
   const now = () => performance.now();
@@ -55,11 +61,13 @@
     status.dataset.lastEventId = String(c.lastId);
     status.dataset.resumes = String(c.resumes);
     status.dataset.resumedFrom = c.resumedFrom == null ? "" : String(c.resumedFrom);
+    status.dataset.restored = c.restored ? "true" : "";
     st.state.textContent = c.stateText;
     st.chat.textContent = c.id ? `chat ${c.id.slice(0, 8)}` : "";
     st.chat.title = c.id || "";
-    st.ttft.textContent = c.tFirst != null ? `TTFT ${fmtMs(c.tFirst - c.t0)}` : "";
-    st.rate.textContent = rateText(c);
+    // After a reload the first tokens are a replay: no TTFT or rate to show.
+    st.ttft.textContent = c.tFirst != null && !c.restored ? `TTFT ${fmtMs(c.tFirst - c.t0)}` : "";
+    st.rate.textContent = c.restored ? "" : rateText(c);
     st.event.textContent = c.lastId ? `event ${c.lastId}` : "";
     st.conn.textContent = c.connText;
   }
@@ -113,7 +121,7 @@
     if (follow) answer.scrollTop = answer.scrollHeight;
     c.chars += text.length;
     if (c.state !== "streaming") setState(c, "streaming", "streaming");
-    render();
+    else render();
   }
 
   function onReset(c, e) {
@@ -155,8 +163,14 @@
     setState(c, "reconnecting", "reconnecting…");
     if (c.es.readyState === EventSource.CLOSED) {
       // The browser gave up (it does on an HTTP error status): retry ourselves.
-      if (c.manualRetries >= MANUAL_RETRIES) {
+      if (c.manualRetries >= (c.restored && !c.opened ? RESTORED_RETRIES : MANUAL_RETRIES)) {
         finish(c);
+        if (c.restored && !c.opened) {
+          forget(c); // expired or gone: a reload should not try it again
+          showError(`could not reopen chat ${c.id} (expired?)`);
+          setState(c, "error", "disconnected");
+          return;
+        }
         showError("lost the stream; reload the page to try again");
         setState(c, "error", "disconnected");
         return;
@@ -170,13 +184,15 @@
   function onOpen(c) {
     if (c !== chat || c.finished) return;
     c.manualRetries = 0;
+    c.opened = true;
     if (c.dropped) {
       c.dropped = false;
       c.resumes += 1;
       c.resumedFrom = c.lastId;
       c.connText = `resumed from event ${c.lastId}`;
     }
-    setState(c, "streaming", c.tFirst == null ? "waiting for the first token…" : "streaming");
+    if (c.tFirst == null) setState(c, "waiting", c.restored ? "replaying…" : "waiting for the first token…");
+    else setState(c, "streaming", "streaming");
   }
 
   function connect(c, after) {
@@ -204,7 +220,8 @@
 
   // --- sending ------------------------------------------------------------------------
 
-  async function send(prompt) {
+  // A new chat on screen, with an empty answer.
+  function newChat(fields) {
     if (chat) finish(chat);
     showError("");
     answer.textContent = "";
@@ -214,10 +231,45 @@
       id: null, token: null, streamUrl: null, es: null, textNode,
       t0: now(), tFirst: null, tEnd: null, rateFrom: null, chars: 0, tokens: null,
       lastId: 0, dropped: false, resumes: 0, resumedFrom: null, manualRetries: 0,
+      opened: false, restored: false,
       state: "sending", stateText: "sending…", connText: "", finished: false, retryTimer: null,
+      ...fields,
     };
     chat = c;
     render();
+    return c;
+  }
+
+  function save(c, prompt) {
+    try {
+      sessionStorage.setItem(SAVED, JSON.stringify({ id: c.id, token: c.token, streamUrl: c.streamUrl, prompt }));
+    } catch (_) { /* storage off or full: a reload then starts afresh */ }
+  }
+
+  function forget(c) {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(SAVED) || "null");
+      if (saved && saved.id === c.id) sessionStorage.removeItem(SAVED);
+    } catch (_) { /* nothing to forget */ }
+  }
+
+  // After a reload: the chat that was on screen, replayed from its first event.
+  function restore() {
+    let saved = null;
+    try { saved = JSON.parse(sessionStorage.getItem(SAVED) || "null"); } catch (_) { /* none */ }
+    if (!saved || typeof saved.id !== "string" || typeof saved.streamUrl !== "string") return;
+    if (typeof saved.prompt === "string" && !promptEl.value) promptEl.value = saved.prompt;
+    const c = newChat({
+      id: saved.id, token: saved.token || null, streamUrl: saved.streamUrl, restored: true,
+      state: "connecting", stateText: "reopening…", connText: "restored after a reload",
+    });
+    stopBtn.disabled = false;
+    sendBtn.disabled = true; // as while any chat streams; finish() enables it
+    connect(c, 0);
+  }
+
+  async function send(prompt) {
+    const c = newChat({});
     sendBtn.disabled = true;
 
     const body = { prompt };
@@ -250,6 +302,7 @@
     c.id = data.id;
     c.token = data.stream_token;
     c.streamUrl = data.stream_url || `/chat/${data.id}/stream`;
+    save(c, prompt);
     stopBtn.disabled = false;
     setState(c, "connecting", "connecting…");
     connect(c, 0);
@@ -277,4 +330,5 @@
   stopBtn.addEventListener("click", stop);
   // Keep the tokens/s figure moving between events.
   setInterval(() => { if (chat && !chat.finished && chat.tFirst != null) render(); }, 500);
+  restore();
 })();

@@ -56,10 +56,10 @@ function answerLength(prompt) {
   return 20 + Number(seed(prompt) % 400n);
 }
 
-// The same shape as simulated.answer_tokens(): a capitalised first word, then
-// " word" tokens, 8% of them ", word" or ". word". The words are picked by a
-// small PRNG seeded from the prompt (Python's Mersenne Twister is not ported):
-// same count and sizes, not the same text.
+// The shape of simulated.answer_tokens(): a first word, then " word" tokens
+// (one space each, as the benchmark counts tokens by spaces). The words are
+// picked by a small PRNG seeded from the prompt (Python's Mersenne Twister and
+// sentence corpus are not ported): same count, similar sizes, not the same text.
 function answerTokens(prompt, maxTokens) {
   let state = Number(seed(prompt) & 0xffffffffn);
   const random = () => {

@@ -64,6 +64,19 @@ def test_the_simulated_model_is_deterministic_and_honours_max_tokens():
     assert cut[-1].finish_reason == "length"
 
 
+def test_the_simulated_model_writes_whole_sentences_of_space_led_words():
+    for i in range(500):
+        prompt = f"sentences {i}"
+        tokens = answer_tokens(prompt, 1000)
+        assert len(tokens) == answer_length(prompt)  # 20..419
+        text = "".join(tokens)
+        assert text[0].isupper() and text.endswith("."), text
+        assert all(s[0].isupper() for s in text[:-1].split(". ")), text
+        # The benchmark counts tokens by their spaces: one before each but the first.
+        assert tokens[0].count(" ") == 0 and all(t.startswith(" ") and t.count(" ") == 1 for t in tokens[1:])
+        assert answer_tokens(prompt, 7) == tokens[:7]
+
+
 def test_the_simulated_model_keeps_its_pace():
     provider = SimulatedProvider(ttft_ms=30, tokens_per_s=200)
     started = time.monotonic()

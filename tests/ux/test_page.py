@@ -100,6 +100,7 @@ def test_page_resumes_after_the_api_restarts(cluster, client, watched, artifacts
 
     # Mid-stream: the chat is still being generated while the API goes away.
     assert cluster.redis.hget(keys.meta(chat_id), "status") == "running"
+    assert w.status("state") == "streaming" and w.page.inner_text("#st-state") == "streaming"
     api.kill()
     killed_at = time.monotonic()
     w.wait_state("reconnecting", 10)
@@ -126,6 +127,39 @@ def test_page_resumes_after_the_api_restarts(cluster, client, watched, artifacts
     # The stream URL carries the chat's stream token (never an API key), on
     # every connection, the browser's reconnects included.
     assert len(w.stream_urls) >= 2, w.stream_urls
+    assert all(f"/chat/{chat_id}/stream?token=" in url for url in w.stream_urls), w.stream_urls
+    assert not w.errors, w.errors
+
+
+def test_a_reload_mid_stream_brings_the_whole_chat_back(cluster, client, watched):
+    """The chat on screen is kept in sessionStorage: a reload replays it from
+    its first event and follows it live to the end."""
+    w = watched
+    api = cluster.apis[-1]  # the previous test may have restarted it
+    prompt = prompt_with_length(250, 419, "page-reload")
+    chat_id = ask(w, api.url, prompt)
+    wait_until(lambda: int(w.status("last-event-id") or 0) >= 10, 15, message="ten events on the page")
+    assert cluster.redis.hget(keys.meta(chat_id), "status") == "running"
+    text_before = w.answer()
+
+    w.page.reload()
+    w.page.wait_for_function(
+        "id => document.getElementById('status').dataset.chatId === id", arg=chat_id, timeout=10_000
+    )
+    assert w.status("restored") == "true"
+    assert w.page.input_value("#prompt") == prompt
+    w.wait_state("done", 30)
+    state = get_chat(client, api.url, chat_id)
+    assert state["status"] == "done"
+    assert w.answer() == state["text"] == expected_text(prompt, 512)
+    assert state["text"].startswith(text_before)
+    assert "done (stop)" in w.page.inner_text("#status")
+    assert "TTFT" not in w.page.inner_text("#status")  # a replay has no time to first token
+
+    # A finished chat comes back too, from its log.
+    w.page.reload()
+    w.wait_state("done", 10)
+    assert w.status("chat-id") == chat_id and w.answer() == state["text"]
     assert all(f"/chat/{chat_id}/stream?token=" in url for url in w.stream_urls), w.stream_urls
     assert not w.errors, w.errors
 
