@@ -41,15 +41,12 @@ ANSWER_TOKENS = 20  # every prompt answers >= 20 tokens: max_tokens=20 gives exa
 CROSS_MS = 100.0
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    return ctx.scale(
-        dict(rate=50, duration_s=20.0, ramp=[100, 150, 200, 300, 400, 600, 800], ramp_step_s=5.0),
-        dict(rate=50, duration_s=1.0, ramp=[100, 200], ramp_step_s=1.0),
-    )
+FULL = dict(rate=50, duration_s=20.0, ramp=[100, 150, 200, 300, 400, 600, 800], ramp_step_s=5.0)
+QUICK = dict(rate=50, duration_s=1.0, ramp=[100, 200], ramp_step_s=1.0)
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     env = {
         **STAMP,
         "TOKENFAN_SIM_TTFT_MS": str(SIM_TTFT_MS),
