@@ -36,12 +36,6 @@ def idle_cluster(module_clusters):
     return module_clusters("idle", workers=0)
 
 
-@pytest.fixture(scope="module")
-def client():
-    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
-        yield c
-
-
 def test_cancel_running_chat(cluster, client):
     api = cluster.api
     prompt = prompt_with_length(380, 419, "cancel")  # ~2.7 s at 150 tokens/s

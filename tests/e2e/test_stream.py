@@ -33,12 +33,6 @@ def cluster(module_clusters):
     return module_clusters(env={"TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S)})
 
 
-@pytest.fixture(scope="module")
-def client():
-    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
-        yield c
-
-
 def finished_chat(client, api, min_tokens=60, max_tokens=120, tag=""):
     """A chat that has run to completion; returns (id, prompt, full stream)."""
     prompt = prompt_with_length(min_tokens, max_tokens, tag)

@@ -29,12 +29,6 @@ def cluster(module_clusters):
     return module_clusters(apis=2, workers=2, env={"TOKENFAN_SIM_TOKENS_PER_S": "200"})
 
 
-@pytest.fixture(scope="module")
-def client():
-    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
-        yield c
-
-
 def test_chat_created_on_one_api_streams_through_the_other(cluster, client):
     a, b = cluster.apis
     for n, (first, second) in enumerate([(a, b), (b, a)]):
