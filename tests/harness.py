@@ -52,6 +52,23 @@ FAST_ENV: dict[str, str] = {
     "TOKENFAN_WORKER_HEALTH_CHECK_S": "5",
 }
 
+# The product's own lease settings (shared/settings.py), which FAST_ENV
+# shortens: for the tests that measure what a deployment gets.
+DEFAULT_LEASE_S, DEFAULT_REAPER_S = 6.0, 1.0
+
+
+def lease_env(lease_s: float, reaper_interval_s: float) -> dict[str, str]:
+    """How long a worker's lease on a chat lasts and how often workers look
+    for lapsed ones: together, how long a dead worker's chat waits."""
+    return {"TOKENFAN_LEASE_S": str(lease_s), "TOKENFAN_REAPER_INTERVAL_S": str(reaper_interval_s)}
+
+
+def stub_provider_env(spec: str, folder: str) -> dict[str, str]:
+    """Workers that use one of the tests' own providers, ``spec``
+    (``module:function``) from tests/``folder``, which goes on their
+    PYTHONPATH beside the repository. (Not ``test*``: pytest would collect it.)"""
+    return {"TOKENFAN_PROVIDER": spec, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / folder)])}
+
 
 # --- processes -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from harness import (
     create_chat,
     expected_text,
     get_chat,
+    lease_env,
     prompt_with_length,
     read_in_background,
     record,
@@ -22,19 +23,12 @@ from harness import (
 
 pytestmark = pytest.mark.e2e
 
-LEASE_S = 2.0
+LEASE_S, REAPER_S = 2.0, 0.5
 
 
 @pytest.fixture
 def cluster(clusters):
-    return clusters(
-        workers=2,
-        env={
-            "TOKENFAN_LEASE_S": str(LEASE_S),
-            "TOKENFAN_REAPER_INTERVAL_S": "0.5",
-            "TOKENFAN_SIM_TOKENS_PER_S": "200",
-        },
-    )
+    return clusters(workers=2, env={**lease_env(LEASE_S, REAPER_S), "TOKENFAN_SIM_TOKENS_PER_S": "200"})
 
 
 def test_worker_killed_mid_generation(cluster):
@@ -78,5 +72,5 @@ def test_worker_killed_mid_generation(cluster):
     i = types.index("reset")
     stall = read.times[i] - read.times[i - 1]
     assert read.times[i - 1] <= kill["at"] + 0.5 < read.times[i]
-    record(f"worker SIGKILL: stream stood still {stall:.2f} s (lease {LEASE_S:g} s, reaper 0.5 s)")
+    record(f"worker SIGKILL: stream stood still {stall:.2f} s (lease {LEASE_S:g} s, reaper {REAPER_S:g} s)")
     assert stall < LEASE_S + 3

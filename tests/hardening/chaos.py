@@ -30,6 +30,12 @@ from harness import Cluster, expected_text, get_chat, prompt_with_length, wait_u
 
 from hardening.follow import Followed, follow
 
+# What both chaos runs need. Faults this frequent can cost one chat its worker
+# more than the default 3 times: it would then end with error/worker_lost by
+# design, which is not what they test. At 40 tokens/s chats are mid-answer
+# when faults hit.
+CHAOS_ENV = {"TOKENFAN_MAX_ATTEMPTS": "10", "TOKENFAN_SIM_TOKENS_PER_S": "40"}
+
 
 @dataclass
 class ChatRun:
