@@ -533,6 +533,13 @@ def text_of(events: Iterable[Ev]) -> str:
     return "".join(parts)
 
 
+def assert_answer_text(events: Iterable[Ev], state: Mapping[str, Any], prompt: str, max_tokens: int) -> None:
+    """What a client shows from ``events`` (the text after the last ``reset``)
+    is the chat's text from ``GET /chat/{id}`` (``state``) and the simulated
+    model's answer to ``prompt``."""
+    assert text_of(events) == state["text"] == expected_text(prompt, max_tokens)
+
+
 def assert_complete_sequence(events: list[Ev], first: int = 1) -> None:
     """Ids ``first``..N exactly, in order, no gap, no duplicate; the last event
     (and only it) is terminal."""

@@ -10,15 +10,14 @@ import time
 import httpx
 import pytest
 from harness import (
+    assert_answer_text,
     assert_complete_sequence,
     create_chat,
-    expected_text,
     get_chat,
     lease_env,
     prompt_with_length,
     read_in_background,
     record,
-    text_of,
 )
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +64,7 @@ def test_worker_killed_mid_generation(cluster):
     reset = read.events[types.index("reset")]
     assert json.loads(reset[2])["attempt"] == 2
     assert survivor.ran_job(chat_id)
-    assert text_of(read.events) == state["text"] == expected_text(prompt, 500)
+    assert_answer_text(read.events, state, prompt, 500)
     assert state["status"] == "done" and state["attempt"] == 2
 
     # How long the stream stood still: last event of the dead attempt -> the reset.

@@ -12,14 +12,13 @@ import pytest
 from harness import (
     Sampler,
     aread_stream,
+    assert_answer_text,
     assert_complete_sequence,
     create_chat,
-    expected_text,
     get_chat,
     prompt_with_length,
     read_stream,
     record,
-    text_of,
     wait_chat_status,
 )
 
@@ -63,7 +62,7 @@ def test_full_stream_matches_get(cluster, client):
     state = get_chat(client, api.url, chat_id)
     assert state["status"] == "done"
     assert state["last_seq"] == full.events[-1][0]
-    assert text_of(full.events) == state["text"] == expected_text(prompt, 500)
+    assert_answer_text(full.events, state, prompt, 500)
     assert state["text"]
 
 
@@ -120,7 +119,7 @@ def test_resume_while_generating(cluster, client):
     for k, (status, events) in zip(cuts, results, strict=True):
         assert status == "running", f"cut at {k}: the chat was already {status}; not mid-generation"
         assert events == full, f"cut at {k}: reassembled stream differs from the log"
-    assert text_of(full) == get_chat(client, api.url, chat_id)["text"] == expected_text(prompt, 500)
+    assert_answer_text(full, get_chat(client, api.url, chat_id), prompt, 500)
 
 
 def test_join_race(cluster, client):
