@@ -19,6 +19,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def ratio(ours: float, theirs: float) -> float:
+    """``ours / theirs``; nan (n/a in the table) when there is nothing to divide
+    by: no tokens counted, no peer figure."""
+    return ours / theirs if theirs else math.nan
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -62,6 +68,20 @@ class Row:
         cls, scenario: str, metric: str, value: float, unit: str = "", target: Target | None = None, **kw: Any
     ) -> Row:
         return cls(scenario, metric, unit, value=value, **kw).judge(target)
+
+    @classmethod
+    def ratio(
+        cls, scenario: str, metric: str, ours: float, theirs: float, target: Target | None = None, **kw: Any
+    ) -> Row:
+        """One figure against another's (tokenfan / direct, tokenfan / peer), in x."""
+        return cls.single(scenario, metric, ratio(ours, theirs), "x", target, **kw)
+
+    @classmethod
+    def dist_ratio(cls, scenario: str, metric: str, ours: Sequence[float], theirs: Sequence[float], **kw: Any) -> Row:
+        """One distribution against another's: p50 over p50, p99 over p99, in x."""
+        p50 = ratio(percentile(ours, 50), percentile(theirs, 50))
+        p99 = ratio(percentile(ours, 99), percentile(theirs, 99))
+        return cls(scenario, metric, "x", p50, p99, **kw)
 
     def judge(self, target: Target | None) -> Row:
         if target is not None:

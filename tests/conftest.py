@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from harness import MEASUREMENTS, ClusterFactory
 
@@ -34,6 +35,14 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    """An HTTP client shared by a module's tests (a folder or module that
+    needs another timeout or headers defines its own)."""
+    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
+        yield c
 
 
 @pytest.fixture

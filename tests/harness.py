@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import httpx
 import redis
@@ -51,6 +51,23 @@ FAST_ENV: dict[str, str] = {
     "TOKENFAN_REAPER_INTERVAL_S": "0.5",
     "TOKENFAN_WORKER_HEALTH_CHECK_S": "5",
 }
+
+# The product's own lease settings (shared/settings.py), which FAST_ENV
+# shortens: for the tests that measure what a deployment gets.
+DEFAULT_LEASE_S, DEFAULT_REAPER_S = 6.0, 1.0
+
+
+def lease_env(lease_s: float, reaper_interval_s: float) -> dict[str, str]:
+    """How long a worker's lease on a chat lasts and how often workers look
+    for lapsed ones: together, how long a dead worker's chat waits."""
+    return {"TOKENFAN_LEASE_S": str(lease_s), "TOKENFAN_REAPER_INTERVAL_S": str(reaper_interval_s)}
+
+
+def stub_provider_env(spec: str, folder: str) -> dict[str, str]:
+    """Workers that use one of the tests' own providers, ``spec``
+    (``module:function``) from tests/``folder``, which goes on their
+    PYTHONPATH beside the repository. (Not ``test*``: pytest would collect it.)"""
+    return {"TOKENFAN_PROVIDER": spec, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / folder)])}
 
 
 # --- processes -------------------------------------------------------------
@@ -206,6 +223,8 @@ def start_worker(
 
 # --- clusters --------------------------------------------------------------
 
+P = TypeVar("P", ApiProcess, WorkerProcess)
+
 _db_numbers = itertools.cycle(range(1, 16))  # db 0 is left to other tests
 
 
@@ -255,19 +274,23 @@ class Cluster:
         return self
 
     def add_api(self, env: Mapping[str, str] | None = None, wait: bool = True) -> ApiProcess:
-        label = f"{self.name}-api{len(self.apis) + 1}"
-        proc = start_api(self.redis_url, {**self.env, **(env or {})}, label=label, wait=False)
-        self.apis.append(proc)
+        proc = self._add(start_api, self.apis, "api", env)
         if wait:
             proc.wait_ready()
         return proc
 
     def add_worker(self, env: Mapping[str, str] | None = None, wait: bool = True) -> WorkerProcess:
-        label = f"{self.name}-worker{len(self.workers) + 1}"
-        proc = start_worker(self.redis_url, {**self.env, **(env or {})}, label=label, wait=False)
-        self.workers.append(proc)
+        proc = self._add(start_worker, self.workers, "worker", env)
         if wait:
             proc.wait_ready(self.redis)
+        return proc
+
+    def _add(self, start: Callable[..., P], group: list[P], kind: str, env: Mapping[str, str] | None) -> P:
+        """Start one more process of ``kind`` without waiting for it: the
+        cluster's env with ``env`` over it, a label numbered within its group."""
+        label = f"{self.name}-{kind}{len(group) + 1}"
+        proc = start(self.redis_url, {**self.env, **(env or {})}, label=label, wait=False)
+        group.append(proc)
         return proc
 
     def worker_running(self, chat_id: str, timeout: float = 10.0) -> WorkerProcess:
@@ -335,13 +358,28 @@ class ClusterFactory:
 Ev = tuple[int, str, str]  # (id, event type, raw JSON data): what a stream delivers
 
 
+class ReadOptions(TypedDict, total=False):
+    """How ``read_stream`` and ``aread_stream`` read a chat's stream, beyond
+    where from (``last_event_id``)."""
+
+    via: str  # how last_event_id is sent: "header" (Last-Event-ID, the default) or "query"
+    max_events: int | None  # stop after this many events: we close the connection
+    on_event: Callable[[Ev], Any] | None  # called with each event
+
+
 @dataclass
 class StreamRead:
+    max_events: int | None = None  # stop reading after this many events
     events: list[Ev] = field(default_factory=list)
     retry: int | None = None
     status_code: int = 0
     closed_by_server: bool = False  # the server ended the response (we did not cut it)
     times: list[float] = field(default_factory=list)  # monotonic arrival time per event
+
+    def opened(self, response: httpx.Response) -> bool:
+        """Record the response's status: whether it carries a stream to read."""
+        self.status_code = response.status_code
+        return self.status_code == 200
 
     def take(self, sse: Any) -> Ev | None:
         """Record one SSE message: an event (returned), and its ``retry:``, if any."""
@@ -354,11 +392,12 @@ class StreamRead:
         self.times.append(time.monotonic())
         return ev
 
-    def full(self, max_events: int | None) -> bool:
-        return max_events is not None and len(self.events) >= max_events
+    def full(self) -> bool:
+        return self.max_events is not None and len(self.events) >= self.max_events
 
 
-def stream_request_args(last_event_id: int | str | None, via: str) -> dict[str, Any]:
+def stream_request(base_url: str, chat_id: str, last_event_id: int | str | None, via: str = "header") -> dict[str, Any]:
+    """The URL, headers and query of ``GET /chat/{id}/stream`` resuming after ``last_event_id``."""
     headers: dict[str, str] = {}
     params: dict[str, str] = {}
     if last_event_id is not None:
@@ -368,7 +407,7 @@ def stream_request_args(last_event_id: int | str | None, via: str) -> dict[str, 
             params["last_event_id"] = str(last_event_id)
         else:
             raise ValueError(via)
-    return {"headers": headers, "params": params}
+    return {"url": f"{base_url}/chat/{chat_id}/stream", "headers": headers, "params": params}
 
 
 def _event_of(sse: Any) -> Ev | None:
@@ -384,26 +423,21 @@ def read_stream(
     base_url: str,
     chat_id: str,
     last_event_id: int | str | None = None,
-    *,
-    via: str = "header",
-    max_events: int | None = None,
-    on_event: Callable[[Ev], None] | None = None,
+    **options: Unpack[ReadOptions],
 ) -> StreamRead:
     """Read ``GET /chat/{id}/stream`` until the server closes it, or until
     ``max_events`` events (then the connection is closed by us)."""
-    out = StreamRead()
-    with connect_sse(
-        client, "GET", f"{base_url}/chat/{chat_id}/stream", **stream_request_args(last_event_id, via)
-    ) as es:
-        out.status_code = es.response.status_code
-        if out.status_code != 200:
+    out, on_event = StreamRead(max_events=options.get("max_events")), options.get("on_event")
+    request = stream_request(base_url, chat_id, last_event_id, options.get("via", "header"))
+    with connect_sse(client, "GET", **request) as es:
+        if not out.opened(es.response):
             es.response.read()
             return out
         for sse in es.iter_sse():
             ev = out.take(sse)
             if ev is not None and on_event:
                 on_event(ev)
-            if out.full(max_events):
+            if out.full():
                 return out
         out.closed_by_server = True
     return out
@@ -427,27 +461,24 @@ async def aread_stream(
     chat_id: str,
     last_event_id: int | str | None = None,
     *,
-    via: str = "header",
-    max_events: int | None = None,
-    on_event: Callable[[Ev], Any] | None = None,
     on_open: Callable[[], Any] | None = None,
+    **options: Unpack[ReadOptions],
 ) -> StreamRead:
-    out = StreamRead()
-    url = f"{base_url}/chat/{chat_id}/stream"
-    async with aconnect_sse(client, "GET", url, **stream_request_args(last_event_id, via)) as es:
-        out.status_code = es.response.status_code
-        if out.status_code != 200:
+    """``read_stream`` with an async client: ``on_open`` is called once the
+    stream's 200 is in, and what ``on_event`` returns is awaited if it is a coroutine."""
+    out, on_event = StreamRead(max_events=options.get("max_events")), options.get("on_event")
+    request = stream_request(base_url, chat_id, last_event_id, options.get("via", "header"))
+    async with aconnect_sse(client, "GET", **request) as es:
+        if not out.opened(es.response):
             await es.response.aread()
             return out
         if on_open:
             on_open()
         async for sse in es.aiter_sse():
             ev = out.take(sse)
-            if ev is not None and on_event:
-                r = on_event(ev)
-                if asyncio.iscoroutine(r):
-                    await r
-            if out.full(max_events):
+            if ev is not None and on_event and asyncio.iscoroutine(r := on_event(ev)):
+                await r
+            if out.full():
                 return out
         out.closed_by_server = True
     return out
@@ -500,6 +531,13 @@ def text_of(events: Iterable[Ev]) -> str:
         elif etype == "reset":
             parts.clear()
     return "".join(parts)
+
+
+def assert_answer_text(events: Iterable[Ev], state: Mapping[str, Any], prompt: str, max_tokens: int) -> None:
+    """What a client shows from ``events`` (the text after the last ``reset``)
+    is the chat's text from ``GET /chat/{id}`` (``state``) and the simulated
+    model's answer to ``prompt``."""
+    assert text_of(events) == state["text"] == expected_text(prompt, max_tokens)
 
 
 def assert_complete_sequence(events: list[Ev], first: int = 1) -> None:

@@ -24,38 +24,32 @@ from bench.context import STAMP, Context
 from bench.http import HttpClient, SSEDecoder
 from bench.loadgen import finish_loadgens, start_loadgens
 from bench.procs import HOST, CpuMeter, Stack
-from bench.stats import Row, percentile
+from bench.stats import Row
 from bench.streams import StreamCheck, prompt_with_length
 
 NAME = "8 fan-out"
 TOKENS_PER_S = 20.0
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    # ttft_ms: the model's time to first token, for every reader to connect before it.
-    return ctx.scale(
-        dict(chats=10, readers=100, chat_tokens=100, ttft_ms=1000),
-        dict(chats=2, readers=25, chat_tokens=20, ttft_ms=500),
-    )
+# ttft_ms: the model's time to first token, for every reader to connect before it.
+FULL = dict(chats=10, readers=100, chat_tokens=100, ttft_ms=1000)
+QUICK = dict(chats=2, readers=25, chat_tokens=20, ttft_ms=500)
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     ctx.details["fanout"] = {"settings": s}
     tf = _measure(ctx, s, "tokenfan")
     rows = _rows(s, "", tf)
     if ctx.has_peer():
         peer = _measure(ctx, s, "peer")
         rows += _rows(s, "peer: ", peer)
-        tf50, tf99 = percentile(tf["lags"], 50), percentile(tf["lags"], 99)
-        peer50, peer99 = percentile(peer["lags"], 50), percentile(peer["lags"], 99)
         rows.append(
-            Row(
+            Row.dist_ratio(
                 NAME,
                 "append -> reader, tokenfan / peer",
-                "x",
-                tf50 / peer50 if peer50 else float("nan"),
-                tf99 / peer99 if peer99 else float("nan"),
+                tf["lags"],
+                peer["lags"],
                 note=f"server CPU-s: tokenfan {tf['cpu_total']:.2f}, peer {peer['cpu_total']:.2f}",
             )
         )

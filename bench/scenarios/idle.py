@@ -32,15 +32,12 @@ from bench.stats import Row, Target
 NAME = "4 idle streams"
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    return ctx.scale(
-        dict(streams=10_000, clients=2, heartbeat_s=5.0, hold_s=15.0, connect_concurrency=100),
-        dict(streams=300, clients=1, heartbeat_s=0.5, hold_s=1.5, connect_concurrency=50),
-    )
+FULL = dict(streams=10_000, clients=2, heartbeat_s=5.0, hold_s=15.0, connect_concurrency=100)
+QUICK = dict(streams=300, clients=1, heartbeat_s=0.5, hold_s=1.5, connect_concurrency=50)
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     n = s["streams"]
     env = {"TOKENFAN_HEARTBEAT_S": str(s["heartbeat_s"])}
     stack = Stack(ctx.run, "idle", env).start(apis=1, workers=0)

@@ -29,15 +29,12 @@ NAME = "6 pickup"
 QUEUE = "tokenfan:queue"
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    return ctx.scale(
-        dict(jobs=200, interval_s=0.05, idle_s=10.0, settle_s=1.0),
-        dict(jobs=20, interval_s=0.05, idle_s=2.0, settle_s=0.5),
-    )
+FULL = dict(jobs=200, interval_s=0.05, idle_s=10.0, settle_s=1.0)
+QUICK = dict(jobs=20, interval_s=0.05, idle_s=2.0, settle_s=0.5)
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     env = {"TOKENFAN_SIM_TTFT_MS": "0", "TOKENFAN_SIM_TOKENS_PER_S": "0", "TOKENFAN_QUEUE_NAME": QUEUE}
     rows: list[Row] = []
     details = {}

@@ -27,7 +27,7 @@ from bench.context import Context
 from bench.http import HttpClient, SSEDecoder
 from bench.loadgen import finish_loadgens, start_loadgens
 from bench.procs import HOST, Stack
-from bench.stats import Row, Target, percentile
+from bench.stats import Row, Target
 from bench.streams import StreamCheck
 
 NAME = "5 resume"
@@ -36,12 +36,12 @@ TOKENS = 800  # the chat's answer: comfortably more than MISSED events
 DEADLINE_S = 120
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    return ctx.scale(dict(repeats=100), dict(repeats=10))
+FULL = dict(repeats=100)
+QUICK = dict(repeats=10)
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     env = {"TOKENFAN_PROVIDER": "bench.provider:numbered", "TOKENFAN_BATCH_MAX_TOKENS": "1"}
     tf = _measure(ctx, s, "tokenfan", Stack(ctx.run, "resume", env).start(apis=1, workers=1))
     ctx.details["resume"] = {"settings": s, "last_seq": tf["last_seq"], "bad": tf["bad"]}
@@ -60,8 +60,6 @@ def run(ctx: Context) -> list[Row]:
         stack = Stack(ctx.run, "resume-peer", {**env, "BENCH_PEER_HOLD_S": str(DEADLINE_S + 30)})
         peer = _measure(ctx, s, "peer", stack.start(apis=0, peer=True))
         ctx.details["resume"]["peer"] = {"last_seq": peer["last_seq"], "bad": peer["bad"]}
-        tf50, tf99 = percentile(tf["times_ms"], 50), percentile(tf["times_ms"], 99)
-        peer50, peer99 = percentile(peer["times_ms"], 50), percentile(peer["times_ms"], 99)
         rows += [
             Row.dist(
                 NAME,
@@ -71,13 +69,7 @@ def run(ctx: Context) -> list[Row]:
                 + (f", {peer['bad']} FAILED check" if peer["bad"] else "")
                 + "; a finished one cannot be resumed",
             ),
-            Row(
-                NAME,
-                "connect -> last replayed, tokenfan / peer",
-                "x",
-                tf50 / peer50 if peer50 else float("nan"),
-                tf99 / peer99 if peer99 else float("nan"),
-            ),
+            Row.dist_ratio(NAME, "connect -> last replayed, tokenfan / peer", tf["times_ms"], peer["times_ms"]),
         ]
     return rows
 

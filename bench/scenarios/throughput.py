@@ -32,18 +32,15 @@ from bench.context import Context
 from bench.http import HttpClient, SSEDecoder
 from bench.loadgen import finish_loadgens, start_loadgens
 from bench.procs import HOST, CpuMeter, Stack, sleep_until
-from bench.stats import Row, Target
+from bench.stats import Row, Target, ratio
 from bench.streams import StreamCheck, prompt_with_length
 
 NAME = "3 relay throughput"
 ANSWER_TOKENS = 400
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    return ctx.scale(
-        dict(concurrency=64, clients=1, warmup_s=2.0, window_s=10.0),
-        dict(concurrency=16, clients=1, warmup_s=0.5, window_s=1.5),
-    )
+FULL = dict(concurrency=64, clients=1, warmup_s=2.0, window_s=10.0)
+QUICK = dict(concurrency=16, clients=1, warmup_s=0.5, window_s=1.5)
 
 
 # A fast model: 5 tokens (the default batch size) arrive in 5 ms, well within
@@ -57,7 +54,7 @@ ENV = {"TOKENFAN_SIM_TTFT_MS": "0", "TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     ctx.log(f"{NAME}: tokenfan, {s['concurrency']} concurrent streams, {s['window_s']:g} s window")
     with Stack(ctx.run, "tput", ENV).start(apis=1, workers=1) as stack:
         procs = {"api": stack.api, "worker": stack.workers[0], "redis": ctx.redis_process()}
@@ -81,17 +78,10 @@ def run(ctx: Context) -> list[Row]:
         "direct": direct,
         "peer": peer,
     }
-    tf_cpu = tf["cpu_s"]["api"] / tf["tokens"] * 1000 if tf["tokens"] else float("nan")
-    direct_cpu = direct["cpu_s"]["direct"] / direct["tokens"] * 1000 if direct["tokens"] else float("nan")
-    worker_cpu = tf["cpu_s"]["worker"] / tf["tokens"] * 1000 if tf["tokens"] else float("nan")
-    redis_cpu = tf["cpu_s"]["redis"] / tf["tokens"] * 1000 if tf["tokens"] else float("nan")
-
-    def share(m: dict) -> str:
-        return ", ".join(f"{k} {v:.0%}" for k, v in m["cpu_share"].items())
-
-    def failed(m: dict) -> str:
-        return f", {m['bad']} streams FAILED check" if m["bad"] else ""
-
+    tf_cpu = _cpu_per_1000_tokens(tf, "api")
+    direct_cpu = _cpu_per_1000_tokens(direct, "direct")
+    worker_cpu = _cpu_per_1000_tokens(tf, "worker")
+    redis_cpu = _cpu_per_1000_tokens(tf, "redis")
     tf_tps = tf["tokens"] / s["window_s"]
     direct_tps = direct["tokens"] / s["window_s"]
     rows = [
@@ -100,15 +90,15 @@ def run(ctx: Context) -> list[Row]:
             "tokenfan tokens/s",
             tf_tps,
             note=f"{tf['events'] / s['window_s']:,.0f} events/s, "
-            f"{tf['tokens'] / max(tf['events'], 1):.1f} tokens/event; CPU {share(tf)}{failed(tf)}",
+            f"{tf['tokens'] / max(tf['events'], 1):.1f} tokens/event; CPU {_shares(tf)}{_failed(tf)}",
         ),
-        Row.single(NAME, "direct tokens/s", direct_tps, note=f"1 event/token; CPU {share(direct)}{failed(direct)}"),
-        Row.single(
+        Row.single(NAME, "direct tokens/s", direct_tps, note=f"1 event/token; CPU {_shares(direct)}{_failed(direct)}"),
+        Row.ratio(
             NAME,
             "tokens/s, tokenfan / direct",
-            tf_tps / direct_tps if direct_tps else float("nan"),
-            "x",
-            target=Target(">= 1.5x", lambda r: r.value >= 1.5 and not tf["bad"] and not direct["bad"]),
+            tf_tps,
+            direct_tps,
+            Target(">= 1.5x", lambda r: r.value >= 1.5 and not tf["bad"] and not direct["bad"]),
         ),
         Row.single(
             NAME,
@@ -117,12 +107,12 @@ def run(ctx: Context) -> list[Row]:
             "s",
             note=f"direct: {direct_cpu:.4f} s; worker {worker_cpu:.4f} s, redis {redis_cpu:.4f} s",
         ),
-        Row.single(
+        Row.ratio(
             NAME,
             "API CPU per token, tokenfan / direct",
-            tf_cpu / direct_cpu if direct_cpu else float("nan"),
-            "x",
-            target=Target("<= 0.3x", lambda r: r.value <= 0.3),
+            tf_cpu,
+            direct_cpu,
+            Target("<= 0.3x", lambda r: r.value <= 0.3),
         ),
     ]
     if peer is not None:
@@ -130,31 +120,37 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _server_cpu_per_1000(m: dict, procs: tuple[str, ...]) -> float:
-    return sum(m["cpu_s"][p] for p in procs) / m["tokens"] * 1000 if m["tokens"] else float("nan")
+def _cpu_per_1000_tokens(m: dict, *procs: str) -> float:
+    return 1000 * ratio(sum(m["cpu_s"][p] for p in procs), m["tokens"])
+
+
+def _shares(m: dict) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in m["cpu_share"].items())
+
+
+def _failed(m: dict) -> str:
+    return f", {m['bad']} streams FAILED check" if m["bad"] else ""
 
 
 def _peer_rows(tf: dict, peer: dict, window_s: float) -> list[Row]:
     tf_tps, peer_tps = tf["tokens"] / window_s, peer["tokens"] / window_s
-    tf_cpu = _server_cpu_per_1000(tf, ("api", "worker", "redis"))
-    peer_cpu = _server_cpu_per_1000(peer, ("peer", "redis"))
-    share = ", ".join(f"{k} {v:.0%}" for k, v in peer["cpu_share"].items())
-    failed = f", {peer['bad']} streams FAILED check" if peer["bad"] else ""
+    tf_cpu = _cpu_per_1000_tokens(tf, "api", "worker", "redis")
+    peer_cpu = _cpu_per_1000_tokens(peer, "peer", "redis")
     return [
-        Row.single(NAME, "peer tokens/s", peer_tps, note=f"1 event/token; CPU {share}{failed}"),
-        Row.single(
+        Row.single(NAME, "peer tokens/s", peer_tps, note=f"1 event/token; CPU {_shares(peer)}{_failed(peer)}"),
+        Row.ratio(
             NAME,
             "tokens/s, tokenfan / peer",
-            tf_tps / peer_tps if peer_tps else float("nan"),
-            "x",
-            target=Target(">= 1.0x", lambda r: r.value >= 1.0 and not tf["bad"] and not peer["bad"]),
+            tf_tps,
+            peer_tps,
+            Target(">= 1.0x", lambda r: r.value >= 1.0 and not tf["bad"] and not peer["bad"]),
         ),
-        Row.single(
+        Row.ratio(
             NAME,
             "server CPU per token, tokenfan / peer",
-            tf_cpu / peer_cpu if peer_cpu else float("nan"),
-            "x",
-            target=Target("<= 2x", lambda r: r.value <= 2),
+            tf_cpu,
+            peer_cpu,
+            Target("<= 2x", lambda r: r.value <= 2),
             note=f"CPU-s per 1,000 tokens: tokenfan {tf_cpu:.4f} (API+worker+redis), peer {peer_cpu:.4f} (node+redis)",
         ),
     ]

@@ -44,15 +44,12 @@ CROSS_MS = 100.0
 TWO_REQUESTS = "tokenfan, two requests"  # POST /chat, then GET its stream_url
 
 
-def _settings(ctx: Context) -> dict[str, Any]:
-    return ctx.scale(
-        dict(rate=50, duration_s=20.0, ramp=[100, 150, 200, 300, 400, 600, 800], ramp_step_s=5.0),
-        dict(rate=50, duration_s=1.0, ramp=[100, 200], ramp_step_s=1.0),
-    )
+FULL = dict(rate=50, duration_s=20.0, ramp=[100, 150, 200, 300, 400, 600, 800], ramp_step_s=5.0)
+QUICK = dict(rate=50, duration_s=1.0, ramp=[100, 200], ramp_step_s=1.0)
 
 
 def run(ctx: Context) -> list[Row]:
-    s = _settings(ctx)
+    s = ctx.scale(FULL, QUICK)
     env = {
         **STAMP,
         "TOKENFAN_SIM_TTFT_MS": str(SIM_TTFT_MS),

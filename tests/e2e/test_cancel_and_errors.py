@@ -24,10 +24,12 @@ from harness import (
 
 pytestmark = pytest.mark.e2e
 
+TOKENS_PER_S = 150  # a 380-token answer takes ~2.7 s: time to cancel it mid-way
+
 
 @pytest.fixture(scope="module")
 def cluster(module_clusters):
-    return module_clusters(env={"TOKENFAN_SIM_TOKENS_PER_S": "150"})
+    return module_clusters(env={"TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S)})
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +38,9 @@ def idle_cluster(module_clusters):
     return module_clusters("idle", workers=0)
 
 
-@pytest.fixture(scope="module")
-def client():
-    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
-        yield c
-
-
 def test_cancel_running_chat(cluster, client):
     api = cluster.api
-    prompt = prompt_with_length(380, 419, "cancel")  # ~2.7 s at 150 tokens/s
+    prompt = prompt_with_length(380, 419, "cancel")  # ~2.7 s at TOKENS_PER_S
     chat_id = create_chat(client, api.url, prompt, max_tokens=500)
     cancelled_at: list[float] = []
     responses: list[httpx.Response] = []

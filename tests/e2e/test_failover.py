@@ -10,31 +10,24 @@ import time
 import httpx
 import pytest
 from harness import (
+    assert_answer_text,
     assert_complete_sequence,
     create_chat,
-    expected_text,
     get_chat,
+    lease_env,
     prompt_with_length,
     read_in_background,
     record,
-    text_of,
 )
 
 pytestmark = pytest.mark.e2e
 
-LEASE_S = 2.0
+LEASE_S, REAPER_S = 2.0, 0.5
 
 
 @pytest.fixture
 def cluster(clusters):
-    return clusters(
-        workers=2,
-        env={
-            "TOKENFAN_LEASE_S": str(LEASE_S),
-            "TOKENFAN_REAPER_INTERVAL_S": "0.5",
-            "TOKENFAN_SIM_TOKENS_PER_S": "200",
-        },
-    )
+    return clusters(workers=2, env={**lease_env(LEASE_S, REAPER_S), "TOKENFAN_SIM_TOKENS_PER_S": "200"})
 
 
 def test_worker_killed_mid_generation(cluster):
@@ -71,12 +64,12 @@ def test_worker_killed_mid_generation(cluster):
     reset = read.events[types.index("reset")]
     assert json.loads(reset[2])["attempt"] == 2
     assert survivor.ran_job(chat_id)
-    assert text_of(read.events) == state["text"] == expected_text(prompt, 500)
+    assert_answer_text(read.events, state, prompt, 500)
     assert state["status"] == "done" and state["attempt"] == 2
 
     # How long the stream stood still: last event of the dead attempt -> the reset.
     i = types.index("reset")
     stall = read.times[i] - read.times[i - 1]
     assert read.times[i - 1] <= kill["at"] + 0.5 < read.times[i]
-    record(f"worker SIGKILL: stream stood still {stall:.2f} s (lease {LEASE_S:g} s, reaper 0.5 s)")
+    record(f"worker SIGKILL: stream stood still {stall:.2f} s (lease {LEASE_S:g} s, reaper {REAPER_S:g} s)")
     assert stall < LEASE_S + 3

@@ -9,13 +9,13 @@ import time
 import httpx
 import pytest
 from harness import (
-    REPO,
     Sampler,
     assert_complete_sequence,
     create_chat,
     get_chat,
     read_stream,
     record,
+    stub_provider_env,
     tcp_queued_bytes,
     text_of,
     wait_until,
@@ -37,8 +37,7 @@ def cluster(module_clusters):
     return module_clusters(
         env={"TOKENFAN_MAX_TOKENS_LIMIT": str(PIECES)},
         worker_env={
-            "TOKENFAN_PROVIDER": "fat_provider:generate",
-            "PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'e2e'}",
+            **stub_provider_env("fat_provider:generate", "e2e"),
             "TF_E2E_PIECE_BYTES": str(PIECE_BYTES),
             "TF_E2E_PIECES_PER_S": str(PIECES_PER_S),
         },

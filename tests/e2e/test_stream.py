@@ -13,14 +13,13 @@ from harness import (
     Sampler,
     StreamRead,
     aread_stream,
+    assert_answer_text,
     assert_complete_sequence,
     create_chat,
-    expected_text,
     get_chat,
     prompt_with_length,
     read_stream,
     record,
-    text_of,
     wait_chat_status,
 )
 from httpx_sse import connect_sse
@@ -33,12 +32,6 @@ TOKENS_PER_S = 200  # ~2 s for the longest simulated answer (419 tokens)
 @pytest.fixture(scope="module")
 def cluster(module_clusters):
     return module_clusters(env={"TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S)})
-
-
-@pytest.fixture(scope="module")
-def client():
-    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
-        yield c
 
 
 def finished_chat(client, api, min_tokens=60, max_tokens=120, tag=""):
@@ -71,7 +64,7 @@ def test_full_stream_matches_get(cluster, client):
     state = get_chat(client, api.url, chat_id)
     assert state["status"] == "done"
     assert state["last_seq"] == full.events[-1][0]
-    assert text_of(full.events) == state["text"] == expected_text(prompt, 500)
+    assert_answer_text(full.events, state, prompt, 500)
     assert state["text"]
 
 
@@ -169,7 +162,7 @@ def test_resume_while_generating(cluster, client):
     for k, (status, events) in zip(cuts, results, strict=True):
         assert status == "running", f"cut at {k}: the chat was already {status}; not mid-generation"
         assert events == full, f"cut at {k}: reassembled stream differs from the log"
-    assert text_of(full) == get_chat(client, api.url, chat_id)["text"] == expected_text(prompt, 500)
+    assert_answer_text(full, get_chat(client, api.url, chat_id), prompt, 500)
 
 
 def test_join_race(cluster, client):

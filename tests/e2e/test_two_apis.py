@@ -9,6 +9,7 @@ import httpx
 import pytest
 from harness import (
     aread_stream,
+    assert_answer_text,
     assert_complete_sequence,
     async_wait_until,
     create_chat,
@@ -29,12 +30,6 @@ def cluster(module_clusters):
     return module_clusters(apis=2, workers=2, env={"TOKENFAN_SIM_TOKENS_PER_S": "200"})
 
 
-@pytest.fixture(scope="module")
-def client():
-    with httpx.Client(timeout=httpx.Timeout(10.0)) as c:
-        yield c
-
-
 def test_chat_created_on_one_api_streams_through_the_other(cluster, client):
     a, b = cluster.apis
     for n, (first, second) in enumerate([(a, b), (b, a)]):
@@ -46,7 +41,7 @@ def test_chat_created_on_one_api_streams_through_the_other(cluster, client):
         assert read.events[-1][1] == "done"
         state = get_chat(client, first.url, chat_id)
         assert state["status"] == "done"
-        assert text_of(read.events) == state["text"] == expected_text(prompt, 500)
+        assert_answer_text(read.events, state, prompt, 500)
         assert read_stream(client, first.url, chat_id).events == read.events
 
 

@@ -2,11 +2,11 @@
 through real processes while something bad happens, and account for every
 event.
 
-``run_chats`` submits chats (bounded concurrency), follows each stream to its
-end with tests/hardening/follow.py, and checks each one: ids 1..N once each,
-``done`` last, and the text after the last ``reset`` equal to both ``GET
-/chat/{id}`` and what the simulated model says for that prompt. Every HTTP
-status of 500 or more seen on the way is counted.
+``run_chats`` submits chats (at most ``concurrency`` at once), follows each
+stream to its end with tests/hardening/follow.py, and checks each one: ids
+1..N once each, ``done`` last, and the text after the last ``reset`` equal to
+both ``GET /chat/{id}`` and what the simulated model says for that prompt.
+Every HTTP status of 500 or more seen on the way is counted.
 
 ``Killer`` is the chaos monkey: a thread that SIGKILLs a random worker every
 few seconds (by PID) and starts a replacement.
@@ -29,6 +29,12 @@ import httpx
 from harness import Cluster, expected_text, get_chat, prompt_with_length, wait_until
 
 from hardening.follow import Followed, follow
+
+# What both chaos runs need. Faults this frequent can cost one chat its worker
+# more than the default 3 times: it would then end with error/worker_lost by
+# design, which is not what they test. At 40 tokens/s chats are mid-answer
+# when faults hit.
+CHAOS_ENV = {"TOKENFAN_MAX_ATTEMPTS": "10", "TOKENFAN_SIM_TOKENS_PER_S": "40"}
 
 
 @dataclass
@@ -81,8 +87,8 @@ async def run_chats(
     cluster: Cluster,
     n: int,
     *,
-    concurrency: int,
     tag: str,
+    concurrency: int | None = None,
     min_tokens: int = 60,
     max_tokens: int = 120,
     urls: Sequence[str] | None = None,
@@ -92,6 +98,7 @@ async def run_chats(
     urls = list(urls or [api.url for api in cluster.apis])
     counter = StatusCounter()
     runs: list[ChatRun] = []
+    concurrency = concurrency or n  # all at once unless told otherwise
     sem = asyncio.Semaphore(concurrency)
     started = time.monotonic()
     limits = httpx.Limits(max_connections=concurrency * 2 + 10, max_keepalive_connections=concurrency * 2)
@@ -136,6 +143,25 @@ async def run_chats(
     outcome = Outcome(runs, sum(c for s, c in counter.statuses.items() if s >= 500), counter.statuses)
     outcome.elapsed_s = time.monotonic() - started
     return outcome
+
+
+class Progress:
+    """How many events each chat of a ``run_chats`` has received, through
+    ``follow_kwargs=progress.counting``: to break something once every stream
+    is mid-answer."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, int] = {}  # chat number -> events received
+
+    def counting(self, i: int) -> dict[str, Any]:
+        def on_event(followed: Followed, ev: Any) -> None:
+            self.events[i] = len(followed.events)
+
+        return {"on_event": on_event}
+
+    def all_have(self, n: int, events: int) -> bool:
+        """Each of the ``n`` chats has received ``events`` events or more."""
+        return len(self.events) >= n and min(self.events.values()) >= events
 
 
 def check_runs(outcome: Outcome) -> None:

@@ -13,9 +13,9 @@ import time
 
 import httpx
 import pytest
-from harness import record
+from harness import async_wait_until, record
 
-from hardening.chaos import check_runs, run_chats
+from hardening.chaos import Progress, check_runs, run_chats
 
 pytestmark = pytest.mark.e2e
 
@@ -51,13 +51,7 @@ def test_api_sigterm_streams_move_to_the_other_api(cluster):
                 raw += chunk
                 openai_stream["raw"] = raw
 
-    progress: dict[int, int] = {}
-
-    def counting(i: int) -> dict:
-        def on_event(followed, ev):
-            progress[i] = len(followed.events)
-
-        return {"on_event": on_event}
+    progress = Progress()
 
     async def main():
         async with httpx.AsyncClient(timeout=30.0) as client:
@@ -66,21 +60,18 @@ def test_api_sigterm_streams_move_to_the_other_api(cluster):
                 run_chats(
                     cluster,
                     STREAMS,
-                    concurrency=STREAMS,
                     tag="api-down",
                     min_tokens=300,
                     max_tokens=400,
                     urls=[a.url, b.url],
-                    follow_kwargs=counting,
+                    follow_kwargs=progress.counting,
                 )
             )
-            # Every stream is mid-answer (those on A and those on B).
-            deadline = time.monotonic() + 20
-            while (
-                len(progress) < STREAMS or min(progress.values()) < 3 or b"data:" not in openai_stream.get("raw", b"")
-            ):
-                assert time.monotonic() < deadline, f"the streams did not all start on A ({len(progress)})"
-                await asyncio.sleep(0.02)
+            await async_wait_until(
+                lambda: progress.all_have(STREAMS, 3) and b"data:" in openai_stream.get("raw", b""),
+                20,
+                message="every stream to be mid-answer (those on A and those on B)",
+            )
             marks["sigterm"] = time.monotonic()
             a.terminate()  # SIGTERM by PID
             await asyncio.to_thread(a.wait_stopped, 15)

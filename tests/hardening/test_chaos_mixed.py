@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from harness import REPO, expected_text, prompt_with_length, record
+from harness import expected_text, prompt_with_length, record, stub_provider_env
 
-from hardening.chaos import StatusCounter
+from hardening.chaos import CHAOS_ENV, StatusCounter
 from hardening.conftest import scale
 from hardening.follow import Followed, follow
 
@@ -47,11 +47,9 @@ def cluster(clusters):
     return clusters(
         workers=3,
         env={
-            "TOKENFAN_PROVIDER": "chaos_provider:generate",
-            "PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'hardening'}",
+            **stub_provider_env("chaos_provider:generate", "hardening"),
+            **CHAOS_ENV,
             "TOKENFAN_LEASE_S": str(LEASE_S),
-            "TOKENFAN_MAX_ATTEMPTS": "10",  # faults this frequent can hit one chat often
-            "TOKENFAN_SIM_TOKENS_PER_S": "40",
             "TOKENFAN_BATCH_MAX_DELAY_MS": "50",
             "TOKENFAN_WORKER_SHUTDOWN_GRACE_S": "1",
             "TOKENFAN_HEARTBEAT_S": "2",

@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from harness import REPO, create_chat, read_stream, record, wait_until
+from harness import create_chat, read_stream, record, stub_provider_env, wait_until
 
 from hardening.follow import _Parser
 
@@ -30,8 +30,7 @@ def cluster(module_clusters):
     return module_clusters(
         env={"TOKENFAN_MAX_TOKENS_LIMIT": str(PIECES), "TOKENFAN_SEND_TIMEOUT_S": str(SEND_TIMEOUT_S)},
         worker_env={
-            "TOKENFAN_PROVIDER": "fat_provider:generate",
-            "PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'e2e'}",
+            **stub_provider_env("fat_provider:generate", "e2e"),
             "TF_E2E_PIECE_BYTES": "2048",
             "TF_E2E_PIECES_PER_S": "3000",
         },

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 from arq.constants import in_progress_key_prefix
-from harness import create_chat, expected_text, prompt_with_length, record, wait_until
+from harness import create_chat, expected_text, lease_env, prompt_with_length, record, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,14 +22,7 @@ LEASE_S, REAPER_S, JOB_TIMEOUT_S = 2.0, 0.5, 3600
 
 @pytest.fixture
 def cluster(clusters):
-    return clusters(
-        workers=0,
-        env={
-            "TOKENFAN_LEASE_S": str(LEASE_S),
-            "TOKENFAN_REAPER_INTERVAL_S": str(REAPER_S),
-            "TOKENFAN_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S),
-        },
-    )
+    return clusters(workers=0, env={**lease_env(LEASE_S, REAPER_S), "TOKENFAN_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S)})
 
 
 def test_a_job_started_but_never_claimed_is_handed_on(cluster):

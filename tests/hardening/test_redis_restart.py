@@ -14,9 +14,9 @@ import time
 
 import httpx
 import pytest
-from harness import ClusterFactory, record, wait_until
+from harness import ClusterFactory, async_wait_until, record, wait_until
 
-from hardening.chaos import check_runs, run_chats
+from hardening.chaos import Progress, check_runs, run_chats
 from tokenfan.embedded_redis import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.e2e
@@ -58,32 +58,22 @@ def test_redis_restart_mid_run(persistent_redis):
 
 
 def _run(cluster, server, restart) -> None:
-    progress: dict[int, int] = {}
+    progress = Progress()
     marks: dict = {}
-
-    def counting(i: int) -> dict:
-        def on_event(followed, ev):
-            progress[i] = len(followed.events)
-
-        return {"on_event": on_event}
 
     async def main():
         chats = asyncio.create_task(
             run_chats(
                 cluster,
                 CHATS,
-                concurrency=CHATS,
                 tag="redis-restart",
                 min_tokens=250,
                 max_tokens=400,
-                follow_kwargs=counting,
+                follow_kwargs=progress.counting,
                 deadline_s=45,
             )
         )
-        deadline = time.monotonic() + 20
-        while len(progress) < CHATS or min(progress.values()) < 3:
-            assert time.monotonic() < deadline, "the chats did not all start"
-            await asyncio.sleep(0.02)
+        await async_wait_until(lambda: progress.all_have(CHATS, 3), 20, message="every chat to have started")
         async with httpx.AsyncClient(timeout=10.0) as client:
             marks["stop"] = time.monotonic()
             await asyncio.to_thread(server.stop)  # SIGTERM: the AOF is written on the way out

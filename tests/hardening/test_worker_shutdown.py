@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from harness import expected_text, prompt_with_length, record, wait_until
+from harness import DEFAULT_LEASE_S, DEFAULT_REAPER_S, expected_text, lease_env, prompt_with_length, record, wait_until
 
 from hardening.follow import follow
 
@@ -25,16 +25,9 @@ TOKENS_PER_S = 50
 
 @pytest.fixture
 def cluster(clusters):
-    return clusters(
-        workers=1,
-        env={
-            "TOKENFAN_WORKER_SHUTDOWN_GRACE_S": str(GRACE_S),
-            "TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S),
-            # Default lease settings: a handover must not wait for the lease.
-            "TOKENFAN_LEASE_S": "6",
-            "TOKENFAN_REAPER_INTERVAL_S": "1",
-        },
-    )
+    env = {"TOKENFAN_WORKER_SHUTDOWN_GRACE_S": str(GRACE_S), "TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S)}
+    # The default lease settings: a handover must not wait for the lease.
+    return clusters(workers=1, env={**env, **lease_env(DEFAULT_LEASE_S, DEFAULT_REAPER_S)})
 
 
 def test_sigterm_lets_short_generations_finish_and_hands_back_the_rest(cluster):
@@ -93,7 +86,7 @@ def test_sigterm_lets_short_generations_finish_and_hands_back_the_rest(cluster):
     record(
         f"worker SIGTERM (grace {GRACE_S:g} s): {len(short)} short chats finished on it, {len(long)} long ones "
         f"handed over with a reset; worker exited {exit_s:.2f} s after SIGTERM; handover standstill worst "
-        f"{max(handovers):.2f} s (lease 6 s not waited for)"
+        f"{max(handovers):.2f} s (lease {DEFAULT_LEASE_S:g} s not waited for)"
     )
     assert exit_s < GRACE_S + 4
     assert max(handovers) < 3.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -149,11 +150,8 @@ def client() -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def silent_server() -> Iterator[SilentServer]:
-    server = SilentServer()
-    try:
+    with closing(SilentServer()) as server:
         yield server
-    finally:
-        server.close()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

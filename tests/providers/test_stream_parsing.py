@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -61,11 +62,8 @@ class Upstream:
 
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
-    server = Upstream()
-    try:
+    with closing(Upstream()) as server:
         yield server
-    finally:
-        server.close()
 
 
 def sse(*events: dict | str, names: bool = False) -> bytes:

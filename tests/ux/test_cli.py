@@ -14,10 +14,18 @@ import threading
 import time
 
 import pytest
-from harness import expected_text, get_chat, prompt_with_length, record, wait_chat_status, wait_until
+from harness import (
+    expected_text,
+    get_chat,
+    prompt_with_length,
+    record,
+    stub_provider_env,
+    wait_chat_status,
+    wait_until,
+)
 
 from .ux_provider import FAIL_MARK, TOKENS_BEFORE_FAILING
-from .uxkit import UX_PYTHONPATH, cli_argv, cli_env, restart_api
+from .uxkit import cli_argv, cli_env, restart_api
 
 pytestmark = pytest.mark.e2e
 
@@ -32,8 +40,7 @@ def cluster(module_clusters):
         env={
             "TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S),
             "TOKENFAN_SSE_RETRY_MS": "200",
-            "TOKENFAN_PROVIDER": "ux_provider:generate",
-            "PYTHONPATH": UX_PYTHONPATH,
+            **stub_provider_env("ux_provider:generate", "ux"),
         },
     )
 

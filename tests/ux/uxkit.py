@@ -18,8 +18,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-# The test provider (ux_provider.py) is importable by the workers.
-UX_PYTHONPATH = f"{REPO}{os.pathsep}{REPO / 'tests' / 'ux'}"
 
 
 def restart_api(cluster: Cluster, old: ApiProcess) -> ApiProcess:
