@@ -13,7 +13,7 @@ The error tree, and what reaches a client::
     │   │   └── api.errors.OpenAIError       ... naming the request parameter at fault (``param``)
     │   ├── shared.store.LogExpired          410 log_expired: MAXLEN trimmed events the answer needs
     │   ├── api.hub.HubUnavailable           503 unavailable: pub/sub could not confirm a subscription
-    │   ├── api.hub.ChatEnded                a stream's last ``error`` event (chat_expired, log_expired)
+    │   ├── api.subscription.ChatEnded       a stream's last ``error`` event (chat_expired, log_expired)
     │   ├── api.openai_schemas.UnsupportedInput  422 unsupported (tools, images, n > 1)
     │   └── worker.providers.base.ProviderError  a chat's ``error`` event, with its stable code
     │       └── worker.providers.upstream.UpstreamFailure  upstream_* codes; knows if a retry may help

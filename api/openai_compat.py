@@ -99,12 +99,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.errors import OpenAIError, invalid_request, openai_body, unavailable
-from api.hub import ChatEnded, Hub, HubUnavailable
+from api.hub import Hub, HubUnavailable
 from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
 from api.relay import check_last_event_id, relay_events
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
 from api.services import Services
 from api.sse_response import EventSourceResponse, event_stream
+from api.subscription import ChatEnded
 from shared.events import Event, EventType, assemble_text
 from shared.store import LogExpired
 

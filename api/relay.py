@@ -12,7 +12,8 @@ from redis.exceptions import RedisError
 
 from api import metrics
 from api.errors import ApiError
-from api.hub import ChatEnded, Hub, HubUnavailable
+from api.hub import Hub, HubUnavailable
+from api.subscription import ChatEnded
 from shared.events import Event, error_frame
 from shared.store import FINISHED, LogExpired
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 from functools import cache
 
+import orjson
+
 TERMINAL = ("done", "error")
 
 
@@ -47,6 +49,30 @@ class StreamCheck:
     @property
     def ok(self) -> bool:
         return self.bad == 0 and self.terminal == "done"
+
+
+class FirstTokenCheck(StreamCheck):
+    """The sequence check, plus when the first token arrived and its ``ts``
+    stamp (when the worker got it from the model; 0 where nothing stamps),
+    and how many ``reset`` events came (restarted answers)."""
+
+    __slots__ = ("first_arrival", "first_ts", "resets")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_arrival = 0.0
+        self.first_ts = 0.0
+        self.resets = 0
+
+    def on_event(self, event_id: int | None, etype: str, data: bytes, now: float) -> None:
+        if etype == "reset":
+            self.resets += 1
+        super().on_event(event_id, etype, data, now)
+
+    def token(self, event_id: int | None, data: bytes, n: int, now: float) -> None:
+        if not self.first_arrival:
+            self.first_arrival = now
+            self.first_ts = orjson.loads(data).get("ts", 0.0)
 
 
 def count_tokens(data: bytes, first: bool) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 EXIT_OK = 0
@@ -43,31 +43,25 @@ class Event:
 Status = Callable[..., None]  # status(kind, **details): "reconnecting", "resumed"
 
 
+@dataclass
 class StreamReader:
     """Yields one chat's events from ``after`` on, in order, each once, until a
     terminal event; reconnects with ``Last-Event-ID`` when the connection drops
     or the server is briefly unavailable."""
 
-    def __init__(
-        self,
-        client: Any,  # httpx.Client with base_url (and the Authorization header, if any)
-        chat_id: str,
-        *,
-        token: str | None = None,
-        after: int = 0,
-        reconnect_timeout: float = 60.0,
-        on_status: Status | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.client = client
-        self.chat_id = chat_id
-        self.token = token
-        self.last_id = after
-        self.reconnect_timeout = reconnect_timeout
-        self.on_status = on_status or (lambda kind, **details: None)
-        self.retry_s = 2.0  # until the server says otherwise
-        self.reconnects = 0
-        self._sleep = sleep
+    client: Any  # httpx.Client with base_url (and the Authorization header, if any)
+    chat_id: str
+    _: KW_ONLY
+    token: str | None = None
+    after: int = 0
+    reconnect_timeout: float = 60.0
+    on_status: Status = lambda kind, **details: None
+    sleep: Callable[[float], None] = time.sleep
+    retry_s: float = field(default=2.0, init=False)  # until the server says otherwise
+    reconnects: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.last_id = self.after
 
     def events(self) -> Iterator[Event]:
         import httpx
@@ -121,7 +115,7 @@ class StreamReader:
                 )
             self.on_status("reconnecting", last_id=self.last_id, reason=problem)
             # The server's retry delay, backing off while it stays away.
-            self._sleep(min(self.retry_s * (2 ** min(attempt, 3)), 5.0))
+            self.sleep(min(self.retry_s * (2 ** min(attempt, 3)), 5.0))
             attempt += 1
 
 

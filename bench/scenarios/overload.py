@@ -27,7 +27,7 @@ from bench.http import HttpClient, SSEDecoder
 from bench.loadgen import finish_loadgens, start_loadgens
 from bench.procs import HOST, Stack
 from bench.stats import Row, Target
-from bench.streams import StreamCheck, prompt_with_length
+from bench.streams import FirstTokenCheck, prompt_with_length
 
 NAME = "9 overload"
 ANSWER_TOKENS = 20
@@ -127,24 +127,6 @@ def _measure(ctx: Context, port: int, rate: float, duration_s: float) -> dict:
 # --- the client (runs in a loadgen process) ---------------------------------------
 
 
-class _Chat(StreamCheck):
-    __slots__ = ("first", "resets")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = 0.0
-        self.resets = 0
-
-    def on_event(self, event_id: int | None, etype: str, data: bytes, now: float) -> None:
-        if etype == "reset":
-            self.resets += 1
-        super().on_event(event_id, etype, data, now)
-
-    def token(self, event_id, data, n, now) -> None:
-        if not self.first:
-            self.first = now
-
-
 async def client(args: dict, start_at: float, ctl: Any) -> dict:
     api = HttpClient(HOST, args["port"])
     body = {"prompt": args["prompt"], "max_tokens": ANSWER_TOKENS}
@@ -160,7 +142,7 @@ async def client(args: dict, start_at: float, ctl: Any) -> dict:
     }
 
     async def one() -> None:
-        chat = _Chat()
+        chat = FirstTokenCheck()
         t0 = time.time()
         try:
             status, _ = await api.open_stream("POST", "/chat", SSEDecoder(chat.on_event), payload=body)
@@ -175,7 +157,7 @@ async def client(args: dict, start_at: float, ctl: Any) -> dict:
         if not chat.ok or chat.resets:
             out["bad"] += 1
             return
-        out["ttft_ms"].append((chat.first - t0) * 1000)
+        out["ttft_ms"].append((chat.first_arrival - t0) * 1000)
         out["total_ms"].append((done - t0) * 1000)
         out["last_done_s"] = max(out["last_done_s"], done - start_at)
 

@@ -27,14 +27,12 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
-
 from bench.context import STAMP, Context
 from bench.http import HttpClient, SSEDecoder
 from bench.loadgen import finish_loadgens, start_loadgens
 from bench.procs import HOST, Stack
 from bench.stats import Row, Target, percentile
-from bench.streams import StreamCheck, prompt_with_length
+from bench.streams import FirstTokenCheck, prompt_with_length
 
 NAME = "1 added TTFT"
 SIM_TTFT_MS = 50.0  # the simulated model's own time to first token (subtracted)
@@ -239,20 +237,6 @@ def _rows(m: dict, rate: float) -> list[Row]:
 # --- the client (runs in a loadgen process) ---------------------------------------
 
 
-class _FirstToken(StreamCheck):
-    __slots__ = ("first_arrival", "first_ts")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first_arrival = 0.0
-        self.first_ts = 0.0
-
-    def token(self, event_id, data, n, now) -> None:
-        if not self.first_arrival:
-            self.first_arrival = now
-            self.first_ts = orjson.loads(data).get("ts", 0.0)  # the direct baseline does not stamp
-
-
 async def client(args: dict, start_at: float, ctl: Any) -> dict:
     api = HttpClient(HOST, args["port"])
     rate, total = args["rate"], args["total"]
@@ -262,7 +246,7 @@ async def client(args: dict, start_at: float, ctl: Any) -> dict:
 
     async def one(scheduled: float) -> dict | None:
         nonlocal errors
-        check = _FirstToken()
+        check = FirstTokenCheck()
         t0 = time.time()
         if args["kind"] == "tokenfan":  # one request: POST /chat answers with the stream
             heads: list[float] = []

@@ -83,7 +83,7 @@ def test_post_with_accept_event_stream_answers_with_the_stream(cluster, client):
     assert out.retry == 2000
     assert_complete_sequence(out.events)
     assert out.events[-1][1] == "done"
-    assert text_of(out.events) == get_chat(client, api.url, chat_id)["text"] == expected_text(prompt, 512)
+    assert_answer_text(out.events, get_chat(client, api.url, chat_id), prompt, 512)
     # The same chat, the same ids: a client cut off resumes with GET as usual.
     rest = read_stream(client, api.url, chat_id, last_event_id=3)
     assert out.events[:3] + rest.events == out.events

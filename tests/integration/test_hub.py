@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import ConnectionPool
@@ -296,12 +298,22 @@ def _live(hub: Hub) -> bool:
     return hub.connected.is_set() and not hub._unconfirmed
 
 
-async def test_each_drop_of_a_working_connection_reconnects_quickly(redis_url, store, redis):
-    pool = ConnectionPool.from_url(redis_url, client_name="tokenfan-test-hub-backoff")
-    hub = Hub(pool.make_connection, store, keepalive_s=1.0)
+@asynccontextmanager
+async def live_hub(redis_url: str, store, name: str, keepalive_s: float) -> AsyncIterator[Hub]:
+    """A hub of its own, connected and confirmed on entry, stopped on exit."""
+    pool = ConnectionPool.from_url(redis_url, client_name=f"tokenfan-test-hub-{name}")
+    hub = Hub(pool.make_connection, store, keepalive_s=keepalive_s)
     await hub.start()
     try:
         await eventually(lambda: _live(hub))
+        yield hub
+    finally:
+        await hub.stop()
+        await pool.aclose()
+
+
+async def test_each_drop_of_a_working_connection_reconnects_quickly(redis_url, store, redis):
+    async with live_hub(redis_url, store, "backoff", keepalive_s=1.0) as hub:
         took = []
         for _ in range(DROPS):
             reconnects = hub.reconnects
@@ -311,18 +323,11 @@ async def test_each_drop_of_a_working_connection_reconnects_quickly(redis_url, s
             took.append(time.monotonic() - started)
         # A healthy connection's drop: minimum backoff plus a local reconnect.
         assert max(took[-3:]) < 1.0, [round(t, 2) for t in took]
-    finally:
-        await hub.stop()
-        await pool.aclose()
 
 
 async def test_a_silent_connection_is_presumed_dead_and_replaced(redis_url, store, redis):
     # A half-open connection answers nothing: Redis paused stands in for it.
-    pool = ConnectionPool.from_url(redis_url, client_name="tokenfan-test-hub-silent")
-    hub = Hub(pool.make_connection, store, keepalive_s=0.3)
-    await hub.start()
-    try:
-        await eventually(lambda: _live(hub))
+    async with live_hub(redis_url, store, "silent", keepalive_s=0.3) as hub:
         writer = await Writer.start(store)
         reader = asyncio.create_task(read_all(hub, writer.chat_id))
         await eventually(lambda: hub.client_count == 1)
@@ -333,6 +338,3 @@ async def test_a_silent_connection_is_presumed_dead_and_replaced(redis_url, stor
         await writer.tokens(6, 10)
         await writer.done()
         assert await reader == list(range(1, 12))
-    finally:
-        await hub.stop()
-        await pool.aclose()

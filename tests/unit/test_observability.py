@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import metrics as api_metrics
-from api.hub import Subscription
+from api.subscription import Subscription
 from shared.events import Event
 from shared.observability import ContextFilter, JsonFormatter, TextFormatter, chat_context
 from worker import metrics as worker_metrics
