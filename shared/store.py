@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from shared import keys, scripts
 from shared.errors import TokenfanError
 from shared.events import Event, EventType, encode
+from shared.script_batch import ScriptBatch
 
 FINISHED = frozenset({"done", "error"})
 
@@ -68,7 +69,7 @@ class ChatStore:
         self.ttl_s = ttl_s
         self.maxlen = maxlen
         self.page_size = page_size
-        self._append = redis.register_script(scripts.APPEND)
+        self._append = ScriptBatch(redis, scripts.APPEND)  # group commit across chats
         self._claim = redis.register_script(scripts.CLAIM)
         self._renew = redis.register_script(scripts.RENEW)
         self._reap = redis.register_script(scripts.REAP)
