@@ -208,6 +208,7 @@ def test_the_stream_is_exactly_the_protocol(cluster, client):
         assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
         assert response.headers["content-type"].startswith("text/event-stream")
         chat_id = response.headers["x-chat-id"]
+        assert response.headers["x-stream-token"]  # the chat's native stream token, as POST /chat gives
         raw = response.read().decode()
     blocks = [b for b in raw.split("\n\n") if b.strip()]
     assert blocks[-1].strip().endswith("data: [DONE]")
