@@ -42,7 +42,8 @@ the text after the last reset, the same as ``GET /v1/responses/{id}`` and
 When the stream cannot go on (Redis or the hub away, the API shutting down)
 it ends with an ``error`` event that carries ``error: {type, code, message,
 param}`` (the official SDKs raise it) and the ``sequence_number`` of the last
-event sent, so resuming from any number the client saw is safe. The
+event sent (0 in the farewell of an API shutdown, written before the stream
+starts), so resuming from any number the client saw never skips an event. The
 ``[DONE]`` marker of chat completions is not part of this protocol.
 
 ``stream: false`` waits for the answer (``job_timeout_s`` at most: then a 504
