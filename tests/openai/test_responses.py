@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.events import EventType
 from shared.store import ChatStore, terminal_meta
+from worker.providers.simulated import answer_length
 
 pytestmark = [pytest.mark.e2e]
 
@@ -72,7 +73,7 @@ def test_create_streamed(cluster, sdk):
     text = native_text(cluster, rid.removeprefix("resp_"))
     assert deltas(events) == final.output_text == text != ""
     assert events[-4].text == text and events[-2].item.content[0].text == text
-    assert final.status == "completed" and final.usage.output_tokens == len(events) - 8
+    assert final.status == "completed" and final.usage.output_tokens == answer_length(prompt)  # tokens, not events
     assert final.id == rid and final.output[0].id == events[2].item.id == f"msg_{rid.removeprefix('resp_')}"
     retrieved = sdk.responses.retrieve(rid)
     assert retrieved.model_dump() == final.model_dump()
