@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, metrics, middleware, openai_compat, page
+from api import errors, metrics, middleware, openai_compat, page, responses, ui_stream
 from api.routes import router
 from api.services import Services
 from shared.settings import Settings, get_settings
@@ -31,6 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     middleware.install(app, settings)  # body size, API keys, stream tokens, rate limit
     app.include_router(router)
     app.include_router(openai_compat.router)
+    app.include_router(responses.router)
+    app.include_router(ui_stream.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
     return app

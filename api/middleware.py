@@ -23,8 +23,17 @@ In this order, for each HTTP request:
 
 The request's identity is then set for the routes (``auth.current_owner``,
 ``auth.check_owner``). Errors are JSON ``{"error": {"code", "message"}}``, in
-OpenAI's shape under ``/v1/``. ``POST /v1/chat/completions`` responses also
-get an ``X-Stream-Token`` header, the native ``stream_token`` for that chat.
+OpenAI's shape under ``/v1/``. The answers of ``POST /v1/chat/completions``,
+``POST /v1/responses`` and ``POST /api/chat`` also get an ``X-Stream-Token``
+header, the native ``stream_token`` for their chat.
+
+**CORS** (``TOKENFAN_CORS_ORIGINS``, off when empty): Starlette's
+``CORSMiddleware`` sits in front of the guard, so a browser's preflight
+(``OPTIONS`` with ``Access-Control-Request-Method``) from an allowed origin is
+answered before any of the above (a preflight never carries the API key);
+every answer to an allowed origin, refusals included, says so and exposes
+``X-Chat-Id`` and ``X-Stream-Token``. No credentials (cookies): the API key
+travels in ``Authorization``, the stream token in the URL.
 
 With no key configured the service runs open (and says so once at start-up):
 no authentication, no rate limit, no ownership; the size limits still apply.
@@ -40,6 +49,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, errors, tokens
@@ -52,7 +62,12 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 OPEN_ASSET = re.compile(r"/static/[^/]+")  # the page's files: one segment, as api/page.py serves them
 MAX_HEADER_BYTES = 64 * 1024
 STREAM_PATH = re.compile(r"/(?:chat|v1/chat/completions)/([^/]+)/stream")
-COMPLETIONS_PATH = "/v1/chat/completions"
+# POST routes whose answer names a new chat (X-Chat-Id): it gets its stream token too.
+TOKENED_POSTS = frozenset({"/v1/chat/completions", "/v1/responses", "/api/chat"})
+# What a page on another origin may read of a response (CORS); the rest is hidden from it.
+EXPOSED_HEADERS = ["X-Chat-Id", "X-Stream-Token", "Location", "Retry-After", "x-vercel-ai-ui-message-stream"]
+CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+CORS_MAX_AGE_S = 600
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -116,7 +131,7 @@ class Guard:
                 return
             receive = _replay(messages, receive)
 
-        if openai and path == COMPLETIONS_PATH and scope["method"] == "POST":
+        if scope["method"] == "POST" and path in TOKENED_POSTS:
             send = self._with_stream_token(scope, send)
 
         with auth.acting_as(identity):
@@ -229,3 +244,15 @@ def install(app: Any, settings: Settings) -> None:
     else:
         log.warning("no API key configured (TOKENFAN_API_KEYS): the service runs OPEN, without authentication")
     app.add_middleware(Guard, settings=settings)
+    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        # Added last, so it runs first: preflights never reach the guard.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=CORS_MAX_AGE_S,
+        )
+        log.info("CORS: allowed origins %s", ", ".join(origins))

@@ -154,25 +154,39 @@ async def get_chat(chat_id: str, request: Request) -> ChatState:
     )
 
 
-@router.delete("/chat/{chat_id}", responses=_ERRORS)
-async def cancel_chat(chat_id: str, request: Request) -> JSONResponse:
-    """Cancel: 200 when the chat ended here (it had not started), 202 when the
-    worker running it was told to stop, 409 when it had already finished."""
-    services = services_of(request)
+async def cancel(services: Services, chat_id: str, meta: dict[str, str]) -> str:
+    """Cancel a chat: "ended" (it had not started: ended here, at once),
+    "cancelling" (its worker was told to stop) or "finished" (too late). What
+    ``DELETE /chat/{id}`` does, shared with the AI SDK's stop route and
+    ``POST /v1/responses/{id}/cancel``."""
     store = services.store
-    meta = await load_meta(services, chat_id)
     if meta["status"] in FINISHED:
-        return error_response(409, "already_finished", f"chat already finished ({meta['status']})")
+        return "finished"
     if meta["status"] == "queued":
         # No worker has claimed it (attempt 0): end it here, atomically. If a
         # worker claims it first, the append is fenced and the worker is told.
         done = (EventType.DONE, {"finish_reason": "cancelled", "usage": {"prompt_tokens": 0, "completion_tokens": 0}})
         result = await store.append(chat_id, 0, [done], terminal_meta(*done))
         if result.accepted:
-            return JSONResponse({"id": chat_id, "status": "done", "finish_reason": "cancelled"}, status_code=200)
+            return "ended"
         if result.seq == ALREADY_FINISHED:
-            return error_response(409, "already_finished", "chat already finished")
+            return "finished"
     await store.request_cancel(chat_id)
+    return "cancelling"
+
+
+@router.delete("/chat/{chat_id}", responses=_ERRORS)
+async def cancel_chat(chat_id: str, request: Request) -> JSONResponse:
+    """Cancel: 200 when the chat ended here (it had not started), 202 when the
+    worker running it was told to stop, 409 when it had already finished."""
+    services = services_of(request)
+    meta = await load_meta(services, chat_id)
+    outcome = await cancel(services, chat_id, meta)
+    if outcome == "finished":
+        status = meta["status"] if meta["status"] in FINISHED else "done"
+        return error_response(409, "already_finished", f"chat already finished ({status})")
+    if outcome == "ended":
+        return JSONResponse({"id": chat_id, "status": "done", "finish_reason": "cancelled"}, status_code=200)
     return JSONResponse({"id": chat_id, "status": "cancelling"}, status_code=202)
 
 

@@ -13,8 +13,10 @@ condition polled with a deadline, never a bare sleep.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 import psutil
 
 STOP_GRACE_S = 5.0
+NODE_MAJOR = 20  # the Node packages of the bench's peer and of tests/clients need Node 20+
 T = TypeVar("T")
 
 
@@ -234,3 +237,46 @@ def stop_all(children: Iterable[Child], grace: float = STOP_GRACE_S) -> None:
         child.terminate()
     for child in children:
         child.wait_stopped(grace)
+
+
+# --- Node packages ---------------------------------------------------------------
+
+
+def npm_ci(
+    folder: Path,
+    spawn: Callable[[str, list[str]], Child],
+    stop: Callable[[Child], None],
+    timeout: float = 300.0,
+) -> str | None:
+    """Make a folder's Node packages usable: Node >= ``NODE_MAJOR`` and npm on
+    PATH, and ``npm ci`` into ``folder/node_modules`` from its committed
+    package-lock.json, unless that lock file is installed there already (a
+    stamp holds its hash). ``spawn(label, argv)`` starts the child (the caller
+    decides where its log goes), ``stop`` stops it. Returns None when the
+    packages are ready, else why not."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return f"{'node' if node is None else 'npm'} not found on PATH (Node {NODE_MAJOR}+ and npm are needed)"
+    try:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        major = int(version.lstrip("v").split(".")[0])
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return f"'{node} --version' failed"
+    if major < NODE_MAJOR:
+        return f"node {version} is too old (Node {NODE_MAJOR}+ is needed)"
+    lock = hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
+    stamp = folder / "node_modules" / ".npm-ci-installed"
+    if stamp.exists() and stamp.read_text().strip() == lock:
+        return None
+    child = spawn(f"{folder.name}-npm-ci", [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(folder)])
+    try:
+        code = child.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        stop(child)
+    if code != 0:
+        why = f"exit code {code}" if code is not None else f"not done within {timeout:.0f} s"
+        return f"npm ci in {folder} failed ({why}); log {child.log_path}:\n{child.tail(5)}"
+    stamp.write_text(lock)
+    return None

@@ -16,12 +16,10 @@ Starting, stopping and waiting are bench/processes.py's, shared with the tests.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import itertools
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +31,7 @@ import redis
 from bench.processes import (  # noqa: F401 - re-exported for the scenarios
     Child,
     fd_limit_of,
+    npm_ci,
     raise_fd_limit,
     sleep_until,
     stop_all,
@@ -44,7 +43,6 @@ from tokenfan.embedded_redis import EmbeddedRedis, free_port
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PEER = REPO / "bench" / "peer"
-PEER_NODE_MAJOR = 20
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -260,32 +258,7 @@ def prepare_peer(run: Run, timeout: float = 300.0) -> str | None:
     ``bench/peer/node_modules`` (from the committed package-lock.json) unless
     that lock file is already installed there. Returns None when the peer can
     run, else why not (the benchmark then runs without it)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        return f"{'node' if node is None else 'npm'} not found on PATH (the peer needs Node {PEER_NODE_MAJOR}+ and npm)"
-    try:
-        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
-        major = int(version.lstrip("v").split(".")[0])
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return f"'{node} --version' failed"
-    if major < PEER_NODE_MAJOR:
-        return f"node {version} is too old (the peer needs Node {PEER_NODE_MAJOR}+)"
-    lock = hashlib.sha256((PEER / "package-lock.json").read_bytes()).hexdigest()
-    stamp = PEER / "node_modules" / ".bench-installed"
-    if stamp.exists() and stamp.read_text().strip() == lock:
-        return None
-    child = run.spawn("peer-npm-ci", [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(PEER)], run.env())
-    try:
-        code = child.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        code = None
-    finally:
-        run.stop([child])
-    if code != 0:
-        why = f"exit code {code}" if code is not None else f"not done within {timeout:.0f} s"
-        return f"npm ci in bench/peer failed ({why}); log {child.log_path}:\n{child.tail(5)}"
-    stamp.write_text(lock)
-    return None
+    return npm_ci(PEER, lambda label, argv: run.spawn(label, argv, run.env()), lambda child: run.stop([child]), timeout)
 
 
 class CpuMeter:

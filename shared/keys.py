@@ -11,6 +11,8 @@ import uuid
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 _CHAT_ID = re.compile(r"[0-9a-f]{32}")
+# A conversation id of the AI SDK's useChat (its chat id, chosen by the client).
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9_.~-]{1,200}")
 
 # Global keys and channels (not per chat).
 RUNNING = "tf:running"  # zset: chat_id -> lease expiry (ms, Redis clock)
@@ -51,6 +53,21 @@ def cancel(chat_id: str) -> str:
 def chat_id_of_channel(channel: bytes) -> str:
     """``tf:{<id>}:live`` -> ``<id>``."""
     return channel[4:-6].decode()
+
+
+# --- the AI SDK's conversations (api/ui_stream.py) -------------------------
+
+
+def is_conversation_id(value: str) -> bool:
+    return _CONVERSATION_ID.fullmatch(value) is not None
+
+
+def ui_active(conversation_id: str, owner: str) -> str:
+    """String: the tokenfan chat id of a useChat conversation's latest answer,
+    per owner (API key label; "" when open), so that two keys using the same
+    client-chosen id never see each other's answers. A conversation id has no
+    ":" (``is_conversation_id``), so the name is unambiguous."""
+    return f"tf:ui:{conversation_id}:{owner}"
 
 
 # --- arq's keys of a chat's job (the job id is the chat id) --------------------

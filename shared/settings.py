@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # hands the rest back (resumed elsewhere with a reset).
     worker_shutdown_grace_s: float = Field(5.0, ge=0)
 
+    # Browsers on other origins (api/middleware.py): comma-separated origins
+    # ("https://app.example.com,http://localhost:3000"), or "*" for any. Empty: off.
+    cors_origins: str = ""
+
     # --- API process --------------------------------------------------------
     host: str = "127.0.0.1"
     # TOKENFAN_PORT, else PORT: Procfile runners (honcho, foreman, Heroku and
