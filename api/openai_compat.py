@@ -88,7 +88,6 @@ errors it raises come out in OpenAI's shape. Chat ownership then follows from
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -96,18 +95,15 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
-from api.errors import OpenAIError, invalid_request, openai_body, unavailable
-from api.hub import Hub, HubUnavailable
-from api.openai_schemas import ChatCompletionRequest, UnsupportedInput
+from api.errors import OpenAIError, openai_body
+from api.openai_schemas import ChatCompletionRequest, native_request
 from api.relay import check_last_event_id, relay_events
 from api.routes import load_meta, parse_last_event_id, services_of, submit_chat
 from api.services import Services
 from api.sse_response import EventSourceResponse, event_stream
-from api.subscription import ChatEnded
+from api.whole_answer import whole_answer
 from shared.events import Event, EventType, assemble_text
-from shared.store import LogExpired
 
 log = logging.getLogger("tokenfan.api")
 
@@ -274,47 +270,12 @@ def _resume_hint(chat_id: str) -> str:
 # --- non-streaming -------------------------------------------------------------
 
 
-async def _until_terminal(hub: Hub, chat_id: str) -> list[Event]:
-    async with hub.subscribe(chat_id, 0) as sub:
-        return [event async for event in sub]  # ends after the terminal event
-
-
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read already,
-    so the next ASGI message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _complete(request: Request, services: Services, chat_id: str, encoder: ChunkEncoder) -> Response:
     headers = {"X-Chat-Id": chat_id}
-    collect = asyncio.ensure_future(_until_terminal(services.hub, chat_id))
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        done, _ = await asyncio.wait(
-            {collect, gone}, timeout=services.settings.job_timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for task in (collect, gone):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(collect, gone, return_exceptions=True)
-    if gone in done and collect not in done:
+    read_it = f"resume it with GET /v1/chat/completions/{chat_id}/stream or read GET /chat/{chat_id}"
+    events = await whole_answer(request, services, chat_id, read_it=read_it)
+    if events is None:
         return Response(status_code=499)  # nobody reads it; the chat runs on
-    if collect not in done:
-        message = (
-            f"chat {chat_id} did not finish within {services.settings.job_timeout_s} s; it still runs: "
-            f"resume it with GET /v1/chat/completions/{chat_id}/stream or read GET /chat/{chat_id}"
-        )
-        raise OpenAIError(504, "timeout", message, headers={**headers, "x-should-retry": "false"})
-    try:
-        events = collect.result()
-    except HubUnavailable:
-        raise unavailable("the chat's events are unavailable; try again") from None
-    except LogExpired as exc:
-        raise OpenAIError(500, "log_expired", str(exc), headers=headers) from None
-    except ChatEnded as exc:
-        raise OpenAIError(500, exc.code, exc.message, headers=headers) from None
     last = events[-1]
     if last.type == EventType.ERROR:
         data = last.payload()
@@ -330,13 +291,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     """OpenAI's chat completions, streamed (``stream: true``) or not. The chat's
     id is in the ``X-Chat-Id`` header."""
     services = services_of(request)
-    try:
-        native = body.to_chat_create()
-    except UnsupportedInput as exc:
-        raise OpenAIError(422, "unsupported", exc.message, exc.param) from None
-    except ValidationError as exc:
-        problem = invalid_request([dict(e) for e in exc.errors()], openai=True, strip_body=False)
-        raise OpenAIError(problem.status, problem.code, problem.message, problem.param) from None
+    native = native_request(body)
     chat_id = await submit_chat(services, native, extra={"openai": {"include_usage": body.include_usage}})
     encoder = ChunkEncoder(chat_id, await load_meta(services, chat_id))
     if body.stream:

@@ -10,15 +10,16 @@ native ``ChatCreate``, which stays the one place that validates a chat."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, ValidationError
 
-from api.schemas import ChatCreate
+from api.errors import OpenAIError, invalid_request
+from api.schemas import ChatCreate, Lenient
 from shared.errors import TokenfanError
 
 # OpenAI's "developer" role is the newer name of "system".
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class UnsupportedInput(TokenfanError, ValueError):
@@ -30,25 +31,21 @@ class UnsupportedInput(TokenfanError, ValueError):
         self.message = message
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     type: str
     text: str | None = None
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: str
     content: str | list[ContentPart] | None = None
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: bool | None = False
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(Lenient):
     model: str | None = Field(None, min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
@@ -77,7 +74,7 @@ class ChatCompletionRequest(_Lenient):
         self._refuse_what_would_change_the_answer()
         messages = []
         for i, message in enumerate(self.messages):
-            role = _ROLES.get(message.role)
+            role = ROLES.get(message.role)
             if role is None:
                 raise UnsupportedInput(f"messages[{i}].role", f"role '{message.role}' is not supported")
             messages.append({"role": role, "content": _text_of(message.content, f"messages[{i}].content")})
@@ -113,3 +110,19 @@ def _text_of(content: str | list[ContentPart] | None, param: str) -> str:
             raise UnsupportedInput(param, f"content part of type '{part.type}' is not supported; only 'text'")
         texts.append(part.text)
     return "\n".join(texts)  # as vLLM and llama.cpp join text parts
+
+
+class ToNative(Protocol):
+    def to_chat_create(self) -> ChatCreate: ...
+
+
+def native_request(body: ToNative) -> ChatCreate:
+    """The native request of an OpenAI-shaped body (chat completions or
+    responses), or an ``OpenAIError`` naming the parameter at fault."""
+    try:
+        return body.to_chat_create()
+    except UnsupportedInput as exc:
+        raise OpenAIError(422, "unsupported", exc.message, exc.param) from None
+    except ValidationError as exc:
+        problem = invalid_request([dict(e) for e in exc.errors()], openai=True, strip_body=False)
+        raise OpenAIError(problem.status, problem.code, problem.message, problem.param) from None

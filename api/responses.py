@@ -62,27 +62,24 @@ away.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
-from api.errors import OpenAIError, invalid_request, openai_body, unavailable
-from api.hub import ChatEnded, Hub, HubUnavailable
-from api.openai_schemas import UnsupportedInput
+from api.errors import OpenAIError, openai_body
+from api.openai_schemas import native_request
 from api.relay import relay_events
+from api.response_object import Outcome, ResponseShape, chat_id_of, response_id
 from api.responses_schemas import ResponsesRequest
 from api.routes import cancel, load_meta, services_of, submit_chat
 from api.services import Services
-from api.sse_response import EventSourceResponse
-from shared import keys
+from api.sse_response import EventSourceResponse, event_stream
+from api.whole_answer import whole_answer
 from shared.events import Event, EventType, assemble_text
-from shared.store import FINISHED, ChatStore, LogExpired
+from shared.store import FINISHED, ChatStore
 
-HEARTBEAT = b": ping\n"  # no blank line: see api/openai_compat.py
 PREAMBLE = 4  # events before the first log event: numbers 0..3
 DONE_EVENTS = 4  # output_text.done, content_part.done, output_item.done, completed
 
@@ -92,155 +89,6 @@ _ERROR_DOC = {
     "content": {"application/json": {"example": openai_body(404, "not_found", "no such response (unknown or expired)")}}
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {code: _ERROR_DOC for code in (400, 404, 409, 413, 422, 503, 504)}
-
-
-# --- ids and the response object --------------------------------------------------
-
-
-def response_id(chat_id: str) -> str:
-    return f"resp_{chat_id}"
-
-
-def item_id(chat_id: str) -> str:
-    return f"msg_{chat_id}"
-
-
-def chat_id_of(rid: str) -> str:
-    chat_id = rid.removeprefix("resp_")
-    if rid == chat_id or not keys.is_chat_id(chat_id):
-        raise OpenAIError(404, "not_found", f"no such response: '{rid}'", "response_id")
-    return chat_id
-
-
-def _options(meta: dict[str, str]) -> dict[str, Any]:
-    try:
-        return orjson.loads(meta.get("request", "{}")).get("responses") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return {}
-
-
-def _count(value: Any) -> int:
-    try:
-        return max(int(value), 0)
-    except (TypeError, ValueError, OverflowError):
-        return 0
-
-
-def _usage(usage: Any) -> dict[str, Any]:
-    usage = usage if isinstance(usage, dict) else {}
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": prompt + completion,
-    }
-
-
-class Outcome:
-    """How a response stands: its status and what goes with it."""
-
-    def __init__(
-        self,
-        status: str,
-        *,
-        usage: Any = None,
-        error: dict[str, Any] | None = None,
-        incomplete: dict[str, Any] | None = None,
-    ) -> None:
-        self.status = status
-        self.usage = usage
-        self.error = error
-        self.incomplete = incomplete
-
-    @classmethod
-    def of_done(cls, data: dict[str, Any]) -> Outcome:
-        usage = _usage(data.get("usage"))
-        reason = data.get("finish_reason")
-        if reason == "length":
-            return cls("incomplete", usage=usage, incomplete={"reason": "max_output_tokens"})
-        if reason == "cancelled":
-            return cls("cancelled", usage=usage)
-        return cls("completed", usage=usage)
-
-    @classmethod
-    def of_error(cls, data: dict[str, Any]) -> Outcome:
-        return cls("failed", error={"code": data.get("code", "error"), "message": data.get("message", "failed")})
-
-    @classmethod
-    def of_meta(cls, meta: dict[str, str]) -> Outcome:
-        status = meta["status"]
-        if status == "queued":
-            return cls("queued")
-        if status == "running":
-            return cls("in_progress")
-        if status == "error":
-            return cls.of_error(_json(meta.get("error")))
-        return cls.of_done({"finish_reason": meta.get("finish_reason"), "usage": _json(meta.get("usage"))})
-
-    @property
-    def item_status(self) -> str:
-        return {"completed": "completed", "in_progress": "in_progress", "queued": "in_progress"}.get(
-            self.status, "incomplete"
-        )
-
-
-def _json(raw: str | None) -> dict[str, Any]:
-    try:
-        value = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class ResponseShape:
-    """The objects of one response, a pure function of the chat (its id,
-    creation time, model and stored options) and of what is asked."""
-
-    def __init__(self, chat_id: str, meta: dict[str, str]) -> None:
-        self.chat_id = chat_id
-        self.item_id = item_id(chat_id)
-        self.created = int(float(meta["created_at"]))
-        self.model = meta.get("model", "")
-        self.options = _options(meta)
-
-    def part(self, text: str) -> dict[str, Any]:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-    def item(self, status: str, text: str | None) -> dict[str, Any]:
-        content = [] if text is None else [self.part(text)]
-        return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
-
-    def response(self, outcome: Outcome, text: str | None) -> dict[str, Any]:
-        """``text`` None: no output yet."""
-        options = self.options
-        return {
-            "id": response_id(self.chat_id),
-            "object": "response",
-            "created_at": self.created,
-            "status": outcome.status,
-            "background": bool(options.get("background")),
-            "error": outcome.error,
-            "incomplete_details": outcome.incomplete,
-            "instructions": options.get("instructions"),
-            "max_output_tokens": options.get("max_output_tokens"),
-            "model": self.model,
-            "output": [] if text is None else [self.item(outcome.item_status, text)],
-            "parallel_tool_calls": True,
-            "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
-            "store": True,
-            "temperature": options.get("temperature"),
-            "text": {"format": {"type": "text"}},
-            "tool_choice": "auto",
-            "tools": [],
-            "top_p": None,
-            "truncation": "disabled",
-            "usage": outcome.usage,
-            "user": None,
-            "metadata": options.get("metadata") or {},
-        }
 
 
 # --- the stream ------------------------------------------------------------------
@@ -361,7 +209,6 @@ async def text_through(store: ChatStore, chat_id: str, seq: int) -> str:
 
 
 async def _stream(services: Services, chat_id: str, meta: dict[str, str], starting_after: int) -> EventSourceResponse:
-    settings = services.settings
     shape = ResponseShape(chat_id, meta)
     # The log event to relay after: the one whose events end at or before
     # starting_after, but never past the terminal one's group (its events
@@ -371,12 +218,10 @@ async def _stream(services: Services, chat_id: str, meta: dict[str, str], starti
     if meta["status"] in FINISHED and after >= last_seq:
         after = last_seq - 1
     encoding = ResponseEvents(shape, starting_after, await text_through(services.store, chat_id, after))
-    return EventSourceResponse(
+    return event_stream(
         relay_events(services.hub, chat_id, after, encoding, meta, preamble=encoding.preamble()),
-        ping=settings.heartbeat_s,
-        ping_message_factory=lambda: HEARTBEAT,  # bytes pass through sse-starlette untouched
-        send_timeout=settings.send_timeout_s,
-        headers={"X-Chat-Id": chat_id},
+        services.settings,
+        chat_id,
         farewell=error_event(-1, 503, "unavailable", f"server shutting down; resume {response_id(chat_id)}"),
     )
 
@@ -384,45 +229,14 @@ async def _stream(services: Services, chat_id: str, meta: dict[str, str], starti
 # --- waiting ---------------------------------------------------------------------
 
 
-async def _until_terminal(hub: Hub, chat_id: str) -> list[Event]:
-    async with hub.subscribe(chat_id, 0) as sub:
-        return [event async for event in sub]  # ends after the terminal event
-
-
-async def _client_gone(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _wait(request: Request, services: Services, chat_id: str, shape: ResponseShape) -> Response:
-    headers = {"X-Chat-Id": chat_id}
-    timeout = services.settings.job_timeout_s
-    collect = asyncio.ensure_future(_until_terminal(services.hub, chat_id))
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        done, _ = await asyncio.wait({collect, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (collect, gone):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(collect, gone, return_exceptions=True)
-    if gone in done and collect not in done:
+    read_it = f"GET /v1/responses/{response_id(chat_id)} reads it"
+    events = await whole_answer(request, services, chat_id, read_it=read_it)
+    if events is None:
         return Response(status_code=499)  # nobody reads it; the response runs on
-    if collect not in done:
-        rid = response_id(chat_id)
-        message = f"response {rid} did not finish within {timeout} s; it still runs: GET /v1/responses/{rid} reads it"
-        raise OpenAIError(504, "timeout", message, headers={**headers, "x-should-retry": "false"})
-    try:
-        events = collect.result()
-    except HubUnavailable:
-        raise unavailable("the response's events are unavailable; try again") from None
-    except LogExpired as exc:
-        raise OpenAIError(500, "log_expired", str(exc), headers=headers) from None
-    except ChatEnded as exc:
-        raise OpenAIError(500, exc.code, exc.message, headers=headers) from None
     last = events[-1]
     outcome = Outcome.of_error(last.payload()) if last.type == EventType.ERROR else Outcome.of_done(last.payload())
-    return JSONResponse(shape.response(outcome, assemble_text(events)), headers=headers)
+    return JSONResponse(shape.response(outcome, assemble_text(events)), headers={"X-Chat-Id": chat_id})
 
 
 async def _as_it_stands(services: Services, chat_id: str, meta: dict[str, str]) -> JSONResponse:
@@ -439,13 +253,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     """Create a response: streamed (``stream: true``), waited for, or in the
     background (``background: true``). The chat id is in ``X-Chat-Id``."""
     services = services_of(request)
-    try:
-        native = body.to_chat_create()
-    except UnsupportedInput as exc:
-        raise OpenAIError(422, "unsupported", exc.message, exc.param) from None
-    except ValidationError as exc:
-        problem = invalid_request([dict(e) for e in exc.errors()], openai=True, strip_body=False)
-        raise OpenAIError(problem.status, problem.code, problem.message, problem.param) from None
+    native = native_request(body)
     chat_id = await submit_chat(services, native, extra={"responses": body.options()})
     meta = await load_meta(services, chat_id)
     if body.stream:

@@ -11,36 +11,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from api.openai_schemas import UnsupportedInput
-from api.schemas import ChatCreate
+from api.openai_schemas import ROLES, ContentPart, UnsupportedInput
+from api.schemas import ChatCreate, Lenient
 
 # "developer" is the newer name of "system".
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class InputPart(_Lenient):
-    type: str
-    text: str | None = None
-
-
-class InputItem(_Lenient):
+class InputItem(Lenient):
     type: str | None = None  # "message", or absent (an "easy input message")
     role: str | None = None
-    content: str | list[InputPart] | None = None
+    content: str | list[ContentPart] | None = None
 
 
-class TextOptions(_Lenient):
+class TextOptions(Lenient):
     format: dict[str, Any] | None = None
 
 
-class ResponsesRequest(_Lenient):
+class ResponsesRequest(Lenient):
     model: str | None = Field(None, min_length=1, max_length=200)
     input: str | list[InputItem]
     instructions: str | None = None
@@ -83,7 +73,7 @@ class ResponsesRequest(_Lenient):
             for i, item in enumerate(self.input):
                 if item.type not in (None, "message"):
                     raise UnsupportedInput(f"input[{i}].type", f"input items of type '{item.type}' are not supported")
-                role = _ROLES.get(item.role or "")
+                role = ROLES.get(item.role or "")
                 if role is None:
                     raise UnsupportedInput(f"input[{i}].role", f"role '{item.role}' is not supported")
                 text = _text_of(item.content, f"input[{i}].content")
@@ -98,7 +88,7 @@ class ResponsesRequest(_Lenient):
         )
 
 
-def _text_of(content: str | list[InputPart] | None, param: str) -> str:
+def _text_of(content: str | list[ContentPart] | None, param: str) -> str:
     if content is None:
         raise UnsupportedInput(param, "content is required")
     if isinstance(content, str):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Lenient(BaseModel):
+    """A body another client's protocol defines (OpenAI, the AI SDK): the
+    fields tokenfan does not use are ignored, as their own servers do."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class Message(BaseModel):

@@ -6,9 +6,9 @@ the one place that validates a chat."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from api.schemas import ChatCreate
+from api.schemas import ChatCreate, Lenient
 from shared import keys
 from shared.errors import TokenfanError
 
@@ -26,16 +26,12 @@ class UnsupportedPart(TokenfanError, ValueError):
         self.message = message
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class UIPart(_Lenient):
+class UIPart(Lenient):
     type: str = Field(max_length=200)
     text: str | None = None
 
 
-class UIMessage(_Lenient):
+class UIMessage(Lenient):
     id: str | None = None
     role: str
     parts: list[UIPart]
@@ -47,7 +43,7 @@ def _conversation_id(value: str) -> str:
     return value
 
 
-class UIChatRequest(_Lenient):
+class UIChatRequest(Lenient):
     """``id`` is useChat's chat id (the conversation); tokenfan makes a new
     chat for each answer and remembers the conversation's latest one."""
 
@@ -90,7 +86,7 @@ class UIChatRequest(_Lenient):
         )
 
 
-class UIStopRequest(_Lenient):
+class UIStopRequest(Lenient):
     """The body the AI SDK's docs have a stop button send (all optional):
     ``activeStreamId`` names the answer the client means (tokenfan's chat id,
     the ``X-Chat-Id`` of the POST); a stop for an answer that is no longer the

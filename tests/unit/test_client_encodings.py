@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from api.responses import PREAMBLE, ResponseEvents, ResponseShape, last_number
+from api.response_object import ResponseShape
+from api.responses import PREAMBLE, ResponseEvents, last_number
 from api.ui_stream import UIMessageEncoding
 from shared.events import Event
 

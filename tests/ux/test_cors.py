@@ -16,12 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from harness import HOST
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from api.auth import hash_key
 from tokenfan.embedded_redis import free_port
-
-from .uxkit import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.e2e
 
@@ -70,18 +68,6 @@ def cluster(module_clusters, allowed_origin):
         "TOKENFAN_SIM_TOKENS_PER_S": "300",
     }
     return module_clusters("cors", env=env)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)", pytrace=False)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def page_at(browser: Browser, origin: str) -> Iterator[Page]:

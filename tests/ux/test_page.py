@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 from harness import expected_text, get_chat, prompt_with_length, record, wait_until
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
 from shared import keys
 
-from .uxkit import CHROMIUM, CHROMIUM_FLAGS, restart_api
+from .uxkit import restart_api
 
 pytestmark = pytest.mark.e2e
 
@@ -32,22 +32,6 @@ def cluster(module_clusters):
         workers=2,
         env={"TOKENFAN_SIM_TOKENS_PER_S": str(TOKENS_PER_S), "TOKENFAN_SSE_RETRY_MS": "250"},
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser test needs Debian's chromium "
-            "(apt-get install -y chromium; .ci/run installs it)",
-            pytrace=False,
-        )
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Watched:
