@@ -15,11 +15,14 @@ from typing import Any, Protocol
 from pydantic import Field, ValidationError
 
 from api.errors import OpenAIError, invalid_request
-from api.schemas import ChatCreate, Lenient
+from api.schemas import ChatCreate, ClientRequest, Lenient
 from shared.errors import TokenfanError
 
 # OpenAI's "developer" role is the newer name of "system".
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+TEXT = frozenset({"text"})  # the content part types that are text
 
 
 class UnsupportedInput(TokenfanError, ValueError):
@@ -45,14 +48,12 @@ class StreamOptions(Lenient):
     include_usage: bool | None = False
 
 
-class ChatCompletionRequest(Lenient):
-    model: str | None = Field(None, min_length=1, max_length=200)
+class ChatCompletionRequest(ClientRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)  # deprecated by OpenAI, still sent by many clients
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
     n: int | None = None
     # Refused unless absent or at their no-op value (see the module docstring).
     tools: list[Any] | None = None
@@ -77,14 +78,9 @@ class ChatCompletionRequest(Lenient):
             role = ROLES.get(message.role)
             if role is None:
                 raise UnsupportedInput(f"messages[{i}].role", f"role '{message.role}' is not supported")
-            messages.append({"role": role, "content": _text_of(message.content, f"messages[{i}].content")})
-        return ChatCreate(
-            messages=messages,
-            model=self.model,
-            # max_completion_tokens is the current name; it wins when both are sent.
-            max_tokens=self.max_completion_tokens or self.max_tokens,
-            temperature=self.temperature,
-        )
+            messages.append({"role": role, "content": text_of(message.content, f"messages[{i}].content")})
+        # max_completion_tokens is the current name; it wins when both are sent.
+        return self.native(messages, self.max_completion_tokens or self.max_tokens)
 
     def _refuse_what_would_change_the_answer(self) -> None:
         for param, value, no_op in (
@@ -99,17 +95,19 @@ class ChatCompletionRequest(Lenient):
                 raise UnsupportedInput(param, f"'{param}' is not supported by this server; send the request without it")
 
 
-def _text_of(content: str | list[ContentPart] | None, param: str) -> str:
+def text_of(content: str | list[ContentPart] | None, param: str, text_types: frozenset[str] = TEXT) -> str:
+    """A message's content as one text: a string, or its text parts joined
+    (as vLLM and llama.cpp join them); ``UnsupportedInput`` for anything else."""
     if content is None:
         raise UnsupportedInput(param, "content is required (tool calls are not supported)")
     if isinstance(content, str):
         return content
     texts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise UnsupportedInput(param, f"content part of type '{part.type}' is not supported; only 'text'")
+    for j, part in enumerate(content):
+        if part.type not in text_types or part.text is None:
+            raise UnsupportedInput(f"{param}[{j}]", f"content of type '{part.type}' is not supported; only text")
         texts.append(part.text)
-    return "\n".join(texts)  # as vLLM and llama.cpp join text parts
+    return "\n".join(texts)
 
 
 class ToNative(Protocol):

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field
 
-from api.openai_schemas import ROLES, ContentPart, UnsupportedInput
-from api.schemas import ChatCreate, Lenient
+from api.openai_schemas import ROLES, ContentPart, UnsupportedInput, text_of
+from api.schemas import ChatCreate, ClientRequest, Lenient
 
 # "developer" is the newer name of "system".
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -30,14 +30,12 @@ class TextOptions(Lenient):
     format: dict[str, Any] | None = None
 
 
-class ResponsesRequest(Lenient):
-    model: str | None = Field(None, min_length=1, max_length=200)
+class ResponsesRequest(ClientRequest):
     input: str | list[InputItem]
     instructions: str | None = None
     stream: bool | None = False
     background: bool | None = False
     max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
     metadata: dict[str, str] | None = None
     previous_response_id: str | None = None
     conversation: Any = None
@@ -76,26 +74,7 @@ class ResponsesRequest(Lenient):
                 role = ROLES.get(item.role or "")
                 if role is None:
                     raise UnsupportedInput(f"input[{i}].role", f"role '{item.role}' is not supported")
-                text = _text_of(item.content, f"input[{i}].content")
+                text = text_of(item.content, f"input[{i}].content", _TEXT_PARTS)
                 if text:
                     messages.append({"role": role, "content": text})
-        return ChatCreate(
-            messages=messages,
-            model=self.model,
-            max_tokens=self.max_output_tokens,
-            temperature=self.temperature,
-            system=self.instructions,
-        )
-
-
-def _text_of(content: str | list[ContentPart] | None, param: str) -> str:
-    if content is None:
-        raise UnsupportedInput(param, "content is required")
-    if isinstance(content, str):
-        return content
-    texts = []
-    for j, part in enumerate(content):
-        if part.type not in _TEXT_PARTS or part.text is None:
-            raise UnsupportedInput(f"{param}[{j}]", f"content of type '{part.type}' is not supported; only text")
-        texts.append(part.text)
-    return "\n".join(texts)
+        return self.native(messages, self.max_output_tokens, self.instructions)

@@ -45,6 +45,20 @@ class ChatCreate(BaseModel):
         return [m.model_dump() for m in self.messages or []]
 
 
+class ClientRequest(Lenient):
+    """A body of another client protocol (OpenAI's, the AI SDK's), with the
+    options every one of them shares; ``native`` makes the native request."""
+
+    model: str | None = Field(None, min_length=1, max_length=200)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    def native(self, messages: list[dict[str, str]], max_tokens: int | None, system: str | None = None) -> ChatCreate:
+        """Raises pydantic's ``ValidationError`` for what ``ChatCreate`` refuses."""
+        return ChatCreate(
+            messages=messages, model=self.model, max_tokens=max_tokens, temperature=self.temperature, system=system
+        )
+
+
 class ChatCreated(BaseModel):
     id: str
     status: str

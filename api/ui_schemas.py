@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from api.schemas import ChatCreate, Lenient
+from api.schemas import ChatCreate, ClientRequest, Lenient
 from shared import keys
 from shared.errors import TokenfanError
 
@@ -43,7 +43,7 @@ def _conversation_id(value: str) -> str:
     return value
 
 
-class UIChatRequest(Lenient):
+class UIChatRequest(ClientRequest):
     """``id`` is useChat's chat id (the conversation); tokenfan makes a new
     chat for each answer and remembers the conversation's latest one."""
 
@@ -51,10 +51,9 @@ class UIChatRequest(Lenient):
     messages: list[UIMessage] = Field(min_length=1)
     trigger: str | None = Field(None, max_length=100)  # "submit-message", "regenerate-message"
     messageId: str | None = Field(None, max_length=200)  # noqa: N815 - the AI SDK's name
-    # The native options, for an app that adds them with the transport's `body`.
-    model: str | None = Field(None, min_length=1, max_length=200)
+    # The native options, for an app that adds them with the transport's `body`
+    # (and model, temperature: ClientRequest).
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
     system: str | None = None
 
     _check_id = field_validator("id")(_conversation_id)
@@ -77,13 +76,7 @@ class UIChatRequest(Lenient):
             text = "\n".join(t for t in texts if t)
             if text:  # an assistant message cut off before its first token has none
                 messages.append({"role": message.role, "content": text})
-        return ChatCreate(
-            messages=messages,
-            model=self.model,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            system=self.system,
-        )
+        return self.native(messages, self.max_tokens, self.system)
 
 
 class UIStopRequest(Lenient):

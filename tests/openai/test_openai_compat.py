@@ -434,7 +434,7 @@ TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type"
             *(UNPROCESSABLE, 422, "unsupported", "messages[0].role"),
             id="tool-role",
         ),
-        pytest.param({"messages": IMAGE}, UNPROCESSABLE, 422, "unsupported", "messages[0].content", id="image"),
+        pytest.param({"messages": IMAGE}, UNPROCESSABLE, 422, "unsupported", "messages[0].content[0]", id="image"),
         pytest.param(
             {"messages": [{"role": "user", "content": ""}]},
             *(UNPROCESSABLE, 422, "invalid_request", "messages[0].content"),
