@@ -155,11 +155,11 @@ class ChatStore:
         stored = orjson.loads(request[0]) if request and request[0] else None
         return Claim(status.decode(), int(attempt), int(last_seq), stored)
 
-    async def renew_leases(self, held: Iterable[tuple[str, int]], lease_ms: int) -> list[str]:
+    async def renew_leases(self, held: Iterable[tuple[str, int]], lease_ms: int, queue_name: str) -> list[str]:
         """Renew the leases of ``(chat_id, attempt)`` pairs (attempt 0: picked
         up, not claimed yet); returns the chats another attempt owns now."""
-        script_keys, args = renew_arguments(held, lease_ms)
-        if len(script_keys) == 1:
+        script_keys, args = renew_arguments(held, lease_ms, queue_name)
+        if len(script_keys) == 2:
             return []
         return [i.decode() for i in await self._renew(keys=script_keys, args=args)]
 
@@ -230,9 +230,9 @@ class ChatStore:
         return [event async for page in self.read_log(chat_id, after) for event in page]
 
 
-def renew_arguments(held: Iterable[tuple[str, int]], lease_ms: int) -> tuple[list[str], list[Any]]:
+def renew_arguments(held: Iterable[tuple[str, int]], lease_ms: int, queue_name: str) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of scripts.RENEW (also called from a worker's renewal thread)."""
-    script_keys: list[str] = [keys.RUNNING]
+    script_keys: list[str] = [keys.RUNNING, queue_name]
     args: list[Any] = [lease_ms]
     for chat_id, attempt in held:
         script_keys += (keys.meta(chat_id), keys.in_progress(chat_id))

@@ -51,6 +51,7 @@ class LeaseRenewer:
     def __init__(self, generator: Generator, settings: Settings) -> None:
         self.generator = generator
         self.interval_s = settings.lease_s / RENEWALS_PER_LEASE
+        self.queue_name = settings.queue_name
         self.loop_turned = time.monotonic()
         self._client = sync_redis.Redis.from_url(
             settings.effective_redis_url,
@@ -95,7 +96,7 @@ class LeaseRenewer:
                 log.error("event loop stuck for %.0f s: leases no longer renewed", stuck_s)
                 continue
             try:
-                script_keys, args = renew_arguments(held, lease_ms)
+                script_keys, args = renew_arguments(held, lease_ms, self.queue_name)
                 lost = [i.decode() for i in self._renew(keys=script_keys, args=args)]
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc)

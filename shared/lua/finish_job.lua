@@ -18,6 +18,9 @@ if ended then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return 1
 end
-local incr = tonumber(ARGV[3])
-if incr > 0 then redis.call('ZINCRBY', KEYS[5], incr, ARGV[1]) end
+-- Due again now (plus arq's retry delay): its score was a lease ahead while
+-- it ran (start_job.lua).
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[5], 'XX', now_ms + tonumber(ARGV[3]), ARGV[1])
 return 2

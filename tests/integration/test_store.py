@@ -15,6 +15,8 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
+QUEUE = "test:store:queue"  # jobs' scores follow their leases there (none of these chats is in it)
+
 
 def tokens(*texts: str):
     return [("token", {"text": t}) for t in texts]
@@ -136,7 +138,7 @@ async def test_a_lapsed_lease_hands_the_job_on(store, redis):
     assert await redis.exists(in_progress_key_prefix + alive)
     # A late renewal by the presumed-dead worker does not take the lease back.
     held = [(lapsed, 1), (alive, 1)]
-    await store.renew_leases(held, lease_ms=60_000)
+    await store.renew_leases(held, lease_ms=60_000, queue_name=QUEUE)
     assert await redis.zscore(keys.RUNNING, lapsed) is None
     assert not await redis.exists(in_progress_key_prefix + lapsed)
     await store.release_lease(alive)
@@ -162,7 +164,7 @@ async def test_renewal_keeps_arqs_in_progress_key_alive_for_one_lease(store, red
     await redis.set(in_progress_key_prefix + chat_id, 1, px=500)
     await redis.set(in_progress_key_prefix + picked, 1, px=500)  # picked up by arq, not claimed yet
     held = [(chat_id, claim.attempt), (picked, 0)]
-    assert await store.renew_leases(held, lease_ms=30_000) == []
+    assert await store.renew_leases(held, lease_ms=30_000, queue_name=QUEUE) == []
     for c in (chat_id, picked):
         assert 20_000 < await redis.pttl(in_progress_key_prefix + c) <= 30_000
     await store.release_lease(chat_id)
@@ -174,7 +176,7 @@ async def test_renewal_and_release_are_fenced_on_the_attempt(store, redis):
     stale = await store.claim(chat_id, lease_ms=60_000)
     newer = await store.claim(chat_id, lease_ms=1_000)
     await redis.set(in_progress_key_prefix + chat_id, 1, px=1_000)
-    lost = await store.renew_leases([(chat_id, stale.attempt)], 60_000)
+    lost = await store.renew_leases([(chat_id, stale.attempt)], 60_000, QUEUE)
     assert lost == [chat_id]
     assert await redis.pttl(in_progress_key_prefix + chat_id) <= 1_000
     await store.release_lease(chat_id, stale.attempt)
