@@ -1,14 +1,17 @@
 """Scenario 6, pickup: enqueue -> job start, with 1 and with 8 idle workers,
-and what idle workers cost Redis.
+with 1 idle worker while 5,000 chats run on other workers (issue 16: arq's
+poll reads the first 1,000 ids of a queue that holds running jobs too), and
+what idle workers cost Redis.
 
-The benchmark enqueues exactly as POST /chat does (record the chat with
-``ChatStore.create``, ``enqueue_job`` with ``_job_id=chat_id``, publish the
-``wake`` nudge), one chat at a time at a steady pace, each a 1-token answer, so
-that every enqueue finds the workers idle. Pickup is the claim's
-``started_at`` (Redis TIME) minus the wall-clock time when ``enqueue_job``
-returned (the job is in the queue; the nudge is sent after, so its cost is
-in): one machine, one clock. The next chat is sent once the
-previous one's ``done`` has been published (pub/sub, no polling).
+The benchmark enqueues exactly as POST /chat does (``ChatStore.submit``:
+record, enqueue and nudge in one script), one chat at a time at a steady
+pace, each a 1-token answer, so that every enqueue finds the workers idle.
+Pickup is the claim's ``started_at`` (Redis TIME) minus the wall-clock time
+when the submit returned: one machine, one clock. The next chat is sent once
+the previous one's ``done`` has been published (pub/sub, no polling). The
+chats "running elsewhere" are in Redis what a chat running on a live worker
+is: enqueued, then started by start_job.lua with a long in-progress time (as
+if renewed), older than every new chat.
 
 Idle cost: Redis's ``total_commands_processed`` over a stretch with the
 workers idle and no other client (the benchmark's own INFO subtracted), and
@@ -29,8 +32,8 @@ NAME = "6 pickup"
 QUEUE = "tokenfan:queue"
 
 
-FULL = dict(jobs=200, interval_s=0.05, idle_s=10.0, settle_s=1.0)
-QUICK = dict(jobs=20, interval_s=0.05, idle_s=2.0, settle_s=0.5)
+FULL = dict(jobs=200, interval_s=0.05, idle_s=10.0, settle_s=1.0, levels=[(1, 0), (8, 0), (1, 5_000)])
+QUICK = dict(jobs=20, interval_s=0.05, idle_s=2.0, settle_s=0.5, levels=[(1, 0), (8, 0), (1, 2_000)])
 
 
 def run(ctx: Context) -> list[Row]:
@@ -38,21 +41,25 @@ def run(ctx: Context) -> list[Row]:
     env = {"TOKENFAN_SIM_TTFT_MS": "0", "TOKENFAN_SIM_TOKENS_PER_S": "0", "TOKENFAN_QUEUE_NAME": QUEUE}
     rows: list[Row] = []
     details = {}
-    for n in (1, 8):
+    for n, running in s["levels"]:
         ctx.flush()
-        with Stack(ctx.run, f"pickup{n}", env).start(apis=0, workers=n):
+        if running:
+            ctx.log(f"{NAME}: {running:,} chats running on other workers")
+            asyncio.run(_run_elsewhere(ctx, running))
+        with Stack(ctx.run, f"pickup{n}-{running}", env).start(apis=0, workers=n):
             ctx.log(f"{NAME}: {n} idle worker(s): Redis commands over {s['idle_s']:g} s")
             idle = _idle_cost(ctx, s["settle_s"], s["idle_s"])
             ctx.log(f"{NAME}: {n} worker(s): {s['jobs']} pickups")
             m = asyncio.run(_pickups(ctx, s["jobs"], s["interval_s"]))
-        details[n] = {**idle, "commands_per_job": m["commands_per_job"], "bad": m["bad"]}
+        label = f"{n} idle worker{'s' if n > 1 else ''}" + (f", {running:,} chats running elsewhere" if running else "")
+        details[label] = {**idle, "commands_per_job": m["commands_per_job"], "bad": m["bad"]}
         note = f"{len(m['times'])} jobs, {m['commands_per_job']:.0f} Redis commands/pickup" + (
             f", {m['bad']} FAILED" if m["bad"] else ""
         )
         rows.append(
             Row.dist(
                 NAME,
-                f"enqueue -> job start, {n} idle worker{'s' if n > 1 else ''}",
+                f"enqueue -> job start, {label}",
                 m["times"],
                 Target("p50 <= 2 ms", lambda r, bad=m["bad"]: r.p50 <= 2 and not bad),
                 note=note,
@@ -61,7 +68,7 @@ def run(ctx: Context) -> list[Row]:
         rows.append(
             Row.single(
                 NAME,
-                f"Redis commands/s, {n} idle worker{'s' if n > 1 else ''}",
+                f"Redis commands/s, {label}",
                 idle["commands_per_s"],
                 note=f"Redis CPU {idle['redis_cpu_share']:.1%} of a core",
             )
@@ -88,12 +95,14 @@ def _idle_cost(ctx: Context, settle_s: float, window_s: float) -> dict[str, floa
 async def _pickups(ctx: Context, jobs: int, interval_s: float) -> dict[str, Any]:
     from arq.connections import ArqRedis
 
+    from api.admission import queued_job
     from shared import keys
+    from shared.settings import Settings
     from shared.store import ChatStore
 
     redis = ArqRedis.from_url(ctx.run.redis_url)
     store = ChatStore(redis, ttl_s=3600, maxlen=1000)
-    request = {"messages": [{"role": "user", "content": "pickup"}], "model": "simulated", "max_tokens": 1}
+    settings = Settings(queue_name=QUEUE, max_queued=0)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     times: list[float] = []
     bad = 0
@@ -106,10 +115,8 @@ async def _pickups(ctx: Context, jobs: int, interval_s: float) -> dict[str, Any]
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing
             chat_id = keys.new_chat_id()
-            await store.create(chat_id, request, model="simulated")
-            await redis.enqueue_job("generate", chat_id, _job_id=chat_id, _queue_name=QUEUE)
-            t_enqueue = time.time()  # the job is in the queue (enqueue_job's MULTI/EXEC has returned)
-            await redis.publish(keys.WORKERS_CHANNEL, "wake")
+            await store.submit(chat_id, REQUEST, queued_job(redis, settings, chat_id), model="simulated", owner="")
+            t_enqueue = time.time()  # the job is in the queue, the workers nudged
             if not await _wait_done(pubsub, keys.live(chat_id).encode(), 10.0):
                 bad += 1
                 continue
@@ -120,6 +127,39 @@ async def _pickups(ctx: Context, jobs: int, interval_s: float) -> dict[str, Any]
         await pubsub.aclose()
         await redis.aclose()
     return {"times": times, "bad": bad, "commands_per_job": (c1 - c0) / jobs}
+
+
+REQUEST = {"messages": [{"role": "user", "content": "pickup"}], "model": "simulated", "max_tokens": 1}
+ELSEWHERE_MS = 600_000  # the in-progress time of chats running elsewhere: longer than the level
+
+
+async def _run_elsewhere(ctx: Context, n: int) -> None:
+    """``n`` chats running on other workers, as Redis sees them."""
+    from arq.connections import ArqRedis
+    from arq.utils import timestamp_ms
+
+    from api.admission import queued_job
+    from shared import keys, scripts
+    from shared.settings import Settings
+    from shared.store import ChatStore
+
+    redis = ArqRedis.from_url(ctx.run.redis_url)
+    store = ChatStore(redis, ttl_s=3600, maxlen=1000)
+    settings = Settings(queue_name=QUEUE, max_queued=0)
+    start_job = redis.register_script(scripts.START_JOB)
+    try:
+        ids = [keys.new_chat_id() for _ in range(n)]
+        for chat_id in ids:
+            await store.submit(chat_id, REQUEST, queued_job(redis, settings, chat_id), model="simulated", owner="")
+        async with redis.pipeline(transaction=False) as pipe:
+            for chat_id in ids:
+                await start_job(
+                    keys=[keys.in_progress(chat_id), QUEUE], args=[chat_id, timestamp_ms(), ELSEWHERE_MS], client=pipe
+                )
+            started = await pipe.execute()
+        assert all(started), "a chat meant to run elsewhere was not started"
+    finally:
+        await redis.aclose()
 
 
 async def _wait_done(pubsub: Any, channel: bytes, timeout: float) -> bool:
