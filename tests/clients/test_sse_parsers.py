@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from harness import create_chat, get_chat, prompt_with_length, wait_chat_status
+from harness import create_chat, prompt_with_length, wait_chat_status
 
 from .nodekit import run_node
 
