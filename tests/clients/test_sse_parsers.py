@@ -56,7 +56,7 @@ def read(cluster, client, name: str, *args: str) -> tuple[dict, dict]:
     chat_id = create_chat(client, cluster.api.url, prompt)
     result = run_node("sse_clients.mjs", name, f"{cluster.api.url}/chat/{chat_id}/stream", *args)
     assert "error" not in result, result
-    chat = wait_chat_status(client, cluster.api.url, chat_id, ["done"])
+    chat = wait_chat_status(client, cluster.api.url, chat_id, "done")
     assert result["messages"] and not_json(result["messages"]) == [], not_json(result["messages"])
     assert result["text"] == chat["text"] != ""
     assert [m["event"] for m in result["messages"]][-1] == "done"
