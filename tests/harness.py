@@ -511,7 +511,7 @@ def get_chat(client: httpx.Client, base_url: str, chat_id: str) -> dict[str, Any
 def wait_chat_status(
     client: httpx.Client, base_url: str, chat_id: str, statuses: Iterable[str], timeout: float = 20.0
 ) -> dict[str, Any]:
-    wanted = set(statuses)
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)  # "done" is not {"d", "o", "n", "e"}
     return wait_until(
         lambda: (s := get_chat(client, base_url, chat_id))["status"] in wanted and s,
         timeout,
