@@ -18,8 +18,10 @@ In this order, for each HTTP request:
    one). An API key is never taken from the URL. Deny by default: a route
    added later is guarded without anyone remembering to.
 3. **Rate limit**, per key (api/ratelimit.py): 429 with ``Retry-After``.
-   Streams are not counted: a browser's EventSource that gets a non-200 gives
-   up for good, and after an API deploy every client reconnects at once.
+   Streams and their resumes are not counted (the native and OpenAI streams,
+   ``GET /api/chat/{id}/stream``, ``GET /v1/responses/{id}``): a browser's
+   EventSource that gets a non-200 gives up for good, an AI SDK resume that
+   fails shows no answer, and after an API deploy every client reconnects at once.
 
 The request's identity is then set for the routes (``auth.current_owner``,
 ``auth.check_owner``). Errors are JSON ``{"error": {"code", "message"}}``, in
@@ -62,6 +64,9 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 OPEN_ASSET = re.compile(r"/static/[^/]+")  # the page's files: one segment, as api/page.py serves them
 MAX_HEADER_BYTES = 64 * 1024
 STREAM_PATH = re.compile(r"/(?:chat|v1/chat/completions)/([^/]+)/stream")
+# Other resumes, by clients that send the key in a header (no stream token):
+# not rate-limited either, for the same reason (see 3. above).
+RESUME_PATH = re.compile(r"/api/chat/[^/]+/stream|/v1/responses/[^/]+")
 # POST routes whose answer names a new chat (X-Chat-Id): it gets its stream token too.
 TOKENED_POSTS = frozenset({"/v1/chat/completions", "/v1/responses", "/api/chat"})
 # What a page on another origin may read of a response (CORS); the rest is hidden from it.
@@ -157,7 +162,7 @@ class Guard:
                 "a valid API key is required: Authorization: Bearer <key>",
                 {"WWW-Authenticate": 'Bearer realm="tokenfan"'},
             )
-        if stream is None:
+        if stream is None and not (scope["method"] == "GET" and RESUME_PATH.fullmatch(path)):
             await self._rate_limit(scope, owner)
         return auth.Identity(owner=owner)
 

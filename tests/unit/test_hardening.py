@@ -238,8 +238,12 @@ async def test_rate_limit_per_key(redis):
         assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
         assert (await client.get("/v1/models", headers=bearer(KEY_B))).status_code == 200  # another key
         assert (await client.get("/healthz")).status_code == 200
-        # Streams are not counted.
-        assert (await client.get(f"/chat/{'0' * 32}/stream", headers=bearer(KEY_A))).status_code == 404
+        # Streams and resumes are not counted (404: no such chat, past the limiter).
+        for stream in ("/chat/{}/stream", "/api/chat/{}/stream", "/v1/responses/resp_{}"):
+            r = await client.get(stream.format("0" * 32), headers=bearer(KEY_A))
+            assert r.status_code in (204, 404), (stream, r.status_code)
+        r = await client.post(f"/v1/responses/resp_{'0' * 32}/cancel", headers=bearer(KEY_A))
+        assert r.status_code == 429  # a cancel is an ordinary request
         ttl = await redis.pttl("tf:ratelimit:alice")
         assert 0 < ttl <= 3 / 0.5 * 1000 + 1000
 
