@@ -31,6 +31,7 @@ class ScriptBatch:
         self._source, self._sha = script, self._script.sha
         self._pending: list[Call] = []
         self._sending = False
+        self._task: asyncio.Task | None = None  # the pipeline in flight (held: the loop keeps only weak ones)
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._sending:
@@ -48,7 +49,7 @@ class ScriptBatch:
         so that the caller whose call just returned is not held up)."""
         if self._pending:
             calls, self._pending = self._pending, []
-            asyncio.get_running_loop().create_task(self._send(calls))
+            self._task = asyncio.get_running_loop().create_task(self._send(calls))
         else:
             self._sending = False
 
