@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
@@ -19,8 +18,6 @@ from api.sse_response import EventSourceResponse, event_stream
 from shared import keys
 from shared.events import EventType, assemble_text
 from shared.store import ALREADY_FINISHED, FINISHED, QueueFull, terminal_meta
-
-log = logging.getLogger("tokenfan.api")
 
 router = APIRouter()
 

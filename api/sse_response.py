@@ -42,7 +42,6 @@ from typing import Any
 
 import anyio
 import sse_starlette
-from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("tokenfan.api")
@@ -125,8 +124,6 @@ class EventSourceResponse(sse_starlette.EventSourceResponse):
                 if watched:
                     _SendWatchdog.watch(self)
                 await super().__call__(scope, receive, tracking)
-        except SendTimeoutError:  # a send of our own, outside the watchdog's (the farewell)
-            self.ended = "cut_loose"
         finally:
             self._scope = None
             if watched:
