@@ -222,10 +222,12 @@ class Killer:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-def standstills(outcome: Outcome, kills: Sequence[Kill]) -> list[float]:
+def standstills(outcome: Outcome, kills: Sequence[Kill]) -> list[tuple[float, int]]:
     """For each (kill, stream) where the stream was mid-answer at the kill and
     its next event is a ``reset`` (the answer restarted elsewhere): how long
-    the stream stood still, from its last event before the kill to that reset."""
+    the stream stood still, from its last event before the kill to that reset,
+    and how many kills fell in that time (the worker that took the chat over
+    may be killed too, before its reset: then the chat waits a second lease)."""
     out = []
     kill_times = sorted(k.at for k in kills)
     for run in outcome.runs:
@@ -234,8 +236,9 @@ def standstills(outcome: Outcome, kills: Sequence[Kill]) -> list[float]:
             if etype != "reset" or i == 0:
                 continue
             before, after = f.times[i - 1], f.times[i]
-            if any(before <= k <= after for k in kill_times):
-                out.append(after - before)
+            kills_in_gap = sum(before <= k <= after for k in kill_times)
+            if kills_in_gap:
+                out.append((after - before, kills_in_gap))
     return out
 
 

@@ -49,7 +49,8 @@ def test_workers_killed_at_random(cluster):
     outcome = asyncio.run(main())
 
     check_runs(outcome)
-    stalls = standstills(outcome, killer.kills)
+    stalls_and_kills = standstills(outcome, killer.kills)
+    stalls = [stall for stall, _ in stalls_and_kills]
     attempts = Counter(run.state["attempt"] for run in outcome.runs)
     worst_gap = max(run.followed.max_gap() for run in outcome.runs)
     record(
@@ -68,5 +69,10 @@ def test_workers_killed_at_random(cluster):
     assert stalls, "no stream was mid-answer at a kill: the test proved nothing"
     assert outcome.lost_events() == 0 and outcome.fivexx == 0
     # About 10 s or less whatever the longest generation allowed (DESIGN.md §3):
-    # lease 6 s + reaper 1 s + pickup; generous for a loaded 2-core machine.
-    assert max(stalls) < 12.0
+    # lease 6 s + reaper 1 s + pickup, per worker death the chat meets; 5 s of
+    # slack for a loaded 2-core machine. With a kill every 2-4 s, the worker
+    # that took a chat over is sometimes killed too, holding the job before its
+    # reset (seen: 12.1 s); a chat meeting a third death in one gap is not
+    # allowed for.
+    for stall, kills_in_gap in stalls_and_kills:
+        assert stall < (DEFAULT_LEASE_S + DEFAULT_REAPER_S) * min(kills_in_gap, 2) + 5.0, (stall, kills_in_gap)
